@@ -1,0 +1,1 @@
+//! The thinnode image format: manifest, chunking, chunk encoding, and pack/unpack/verify/inspect.

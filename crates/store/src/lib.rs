@@ -1,0 +1,82 @@
+//! Where encoded chunks live.
+//!
+//! A chunk store maps a [`ChunkId`] (the BLAKE3 hash of the stored, encoded object) to the object's bytes.
+//! Stores know nothing about images: they move opaque, already-encrypted objects. Backends are chosen by
+//! URL (see [`open`]).
+
+use std::fmt;
+
+/// The id of a stored chunk object: BLAKE3 of the stored (encoded) bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// The id of `stored`, an encoded chunk object.
+    pub fn of(stored: &[u8]) -> Self {
+        ChunkId(*blake3::hash(stored).as_bytes())
+    }
+
+    /// Lower-case hex form, as used in file names and logs.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses the 64-character hex form.
+    pub fn from_hex(s: &str) -> Result<Self, StoreError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| StoreError::InvalidId(s.to_string()))?;
+        Ok(ChunkId(out))
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Errors from a chunk store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A chunk id in text form was not 64 hex characters.
+    #[error("invalid chunk id {0:?}")]
+    InvalidId(String),
+}
+
+/// A place that holds encoded chunk objects by id. Implementations are cheap to share between threads
+/// and do their own connection pooling.
+pub trait ChunkStore: Send + Sync {
+    /// Fetches one object; `Ok(None)` when the store does not hold it.
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores one object under `id`. Storing an object that is already there is not an error.
+    fn put(&self, id: &ChunkId, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Whether the store holds `id`.
+    fn has(&self, id: &ChunkId) -> Result<bool, StoreError>;
+
+    /// Fetches many objects, in the order of `ids`. Backends override this to batch or pipeline.
+    fn get_many(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        ids.iter().map(|id| self.get(id)).collect()
+    }
+
+    /// Existence of many objects, in the order of `ids`. Backends override this to batch or pipeline.
+    fn has_many(&self, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
+        ids.iter().map(|id| self.has(id)).collect()
+    }
+
+    /// Stores many objects. Backends override this to batch or pipeline.
+    fn put_many(&self, items: &[(ChunkId, &[u8])]) -> Result<(), StoreError> {
+        items.iter().try_for_each(|(id, data)| self.put(id, data))
+    }
+
+    /// The store's URL with any password removed, as recorded in image manifests and logs.
+    fn public_url(&self) -> String;
+}
