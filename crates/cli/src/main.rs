@@ -1,5 +1,5 @@
 //! `thinnode`: the command-line front end. Thin glue over the library crates; one module per command
-//! group under `cmd/`.
+//! under `cmd/`.
 
 mod cmd;
 
@@ -17,11 +17,35 @@ struct Cli {
 enum Command {
     /// Run a 0-db compatible server (same flags as 0-db).
     Zdb(cmd::zdb::Args),
+    /// Manage image signing keys.
+    Key(cmd::key::Args),
+    /// Pack a directory into an image, uploading only chunks the store lacks.
+    Pack(cmd::pack::Args),
+    /// Restore an image into a directory.
+    Unpack(cmd::unpack::Args),
+    /// Check an image's signature and, with --deep, every chunk.
+    Verify(cmd::verify::Args),
+    /// Describe an image: labels, sizes, counts, dedup ratio.
+    Inspect(cmd::inspect::Args),
+    /// Mount an image read-only, fetching chunks lazily.
+    Mount(cmd::mount::Args),
+    /// Unmount a thinnode mount (also cleans a stale one).
+    Umount(cmd::umount::Args),
+    /// Fetch a mounted image or an image file into the host cache.
+    Hydrate(cmd::hydrate::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Zdb(args) => cmd::zdb::run(args),
+        Command::Zdb(a) => cmd::zdb::run(a),
+        Command::Key(a) => cmd::key::run(a),
+        Command::Pack(a) => cmd::pack::run(a),
+        Command::Unpack(a) => cmd::unpack::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Mount(a) => cmd::mount::run(a),
+        Command::Umount(a) => cmd::umount::run(a),
+        Command::Hydrate(a) => cmd::hydrate::run(a),
     }
 }

@@ -1,3 +1,11 @@
-//! One module per command group.
+//! One module per command; each exposes `Args` (clap) and `run`.
 
+pub mod hydrate;
+pub mod inspect;
+pub mod key;
+pub mod mount;
+pub mod pack;
+pub mod umount;
+pub mod unpack;
+pub mod verify;
 pub mod zdb;
