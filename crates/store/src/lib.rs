@@ -2,9 +2,21 @@
 //!
 //! A chunk store maps a [`ChunkId`] (the BLAKE3 hash of the stored, encoded object) to the object's bytes.
 //! Stores know nothing about images: they move opaque, already-encrypted objects. Backends are chosen by
-//! URL (see [`open`]).
+//! URL (see [`open`]): `dir://PATH` ([`DirStore`]) and `zdb://…` / `zdb+unix://…` ([`ZdbStore`], built on
+//! the 0-db client in [`zdb`]). The URL syntax is documented in docs/stores.md.
+
+mod dir;
+mod error;
+mod location;
+pub mod zdb;
 
 use std::fmt;
+use std::sync::Arc;
+
+pub use dir::DirStore;
+pub use error::StoreError;
+pub use location::{redact_url, StoreLocation};
+pub use zdb::ZdbStore;
 
 /// The id of a stored chunk object: BLAKE3 of the stored (encoded) bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -24,8 +36,7 @@ impl ChunkId {
     /// Parses the 64-character hex form.
     pub fn from_hex(s: &str) -> Result<Self, StoreError> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|_| StoreError::InvalidId(s.to_string()))?;
+        hex::decode_to_slice(s, &mut out).map_err(|_| StoreError::InvalidId(s.to_string()))?;
         Ok(ChunkId(out))
     }
 }
@@ -40,14 +51,6 @@ impl fmt::Display for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
     }
-}
-
-/// Errors from a chunk store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A chunk id in text form was not 64 hex characters.
-    #[error("invalid chunk id {0:?}")]
-    InvalidId(String),
 }
 
 /// A place that holds encoded chunk objects by id. Implementations are cheap to share between threads
@@ -79,4 +82,14 @@ pub trait ChunkStore: Send + Sync {
 
     /// The store's URL with any password removed, as recorded in image manifests and logs.
     fn public_url(&self) -> String;
+}
+
+/// Opens the store a URL names: `dir://PATH` or `zdb://[user:pass@]host[:port][/namespace]` or
+/// `zdb+unix:///socket/path?ns=NAME&password=PWD`. A `dir://` store's directory is created if missing; a
+/// `zdb` store dials one connection, so a wrong address or password fails here.
+pub fn open(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> {
+    match StoreLocation::parse(url)? {
+        StoreLocation::Dir(path) => Ok(Arc::new(DirStore::open(path)?)),
+        StoreLocation::Zdb(config) => Ok(Arc::new(ZdbStore::connect(config)?)),
+    }
 }

@@ -1,0 +1,99 @@
+//! The error type shared by every chunk store backend and the 0-db client.
+
+use std::io;
+
+/// Errors from a chunk store or the 0-db client.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A chunk id in text form was not 64 hex characters.
+    #[error("invalid chunk id {0:?}")]
+    InvalidId(String),
+
+    /// A store URL could not be understood. `url` never contains a password.
+    #[error("invalid store URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The offending URL with any password removed.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A local filesystem operation of the `dir://` store failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What was being done ("read", "write", "rename", ...).
+        operation: &'static str,
+        /// The file or directory involved.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The connection to a server could not be made or broke (refused, reset, closed). Transient: the
+    /// 0-db client retries these with backoff before reporting them.
+    #[error("connection to {endpoint} failed: {source}")]
+    Connection {
+        /// The server address (`host:port` or `unix:PATH`).
+        endpoint: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The server did not answer within the configured timeout. Transient, like [`StoreError::Connection`].
+    #[error("timed out after {timeout_ms} ms waiting for {endpoint} to {operation}")]
+    Timeout {
+        /// The server address.
+        endpoint: String,
+        /// What was being waited for ("connect", "reply", "accept the request").
+        operation: &'static str,
+        /// The timeout that expired, in milliseconds.
+        timeout_ms: u128,
+    },
+
+    /// The server answered with an error reply; `message` is the server's own text (for 0-db e.g.
+    /// "Namespace is in read-only mode" or "Permission denied"). Never retried.
+    #[error("server error: {message}")]
+    Server {
+        /// The error text sent by the server.
+        message: String,
+    },
+
+    /// The server sent something that is not valid RESP or not the reply shape the command has.
+    #[error("protocol error from {endpoint}: {reason}")]
+    Protocol {
+        /// The server address.
+        endpoint: String,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// An object is larger than the backend accepts.
+    #[error("object of {size} bytes exceeds the {limit}-byte limit of this store")]
+    ObjectTooLarge {
+        /// The object's size.
+        size: usize,
+        /// The largest size the backend accepts.
+        limit: usize,
+    },
+}
+
+impl StoreError {
+    /// Whether the error is a transient transport failure that a retry on a fresh connection may cure.
+    /// Server error replies and protocol violations are never transient.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Connection { .. } | StoreError::Timeout { .. }
+        )
+    }
+
+    /// The server's error text, when this is a server error reply.
+    pub fn server_message(&self) -> Option<&str> {
+        match self {
+            StoreError::Server { message } => Some(message),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! A pooled, retrying, pipelining 0-db client.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::config::{ZdbConfig, MAX_MGET_KEYS, MAX_PAYLOAD};
+use super::connection::Connection;
+use super::reply::Reply;
+use crate::StoreError;
+
+/// Longest pause between two retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A blocking 0-db client for one namespace. Cheap to share between threads (`&ZdbClient` is `Sync`):
+/// each call borrows a pooled connection, or dials a new one, and returns it afterwards. A connection
+/// that failed is dropped, together with all idle ones (a server restart breaks them all), and the call
+/// is retried with exponential backoff when the failure was transient ([`StoreError::is_transient`]).
+/// Every command this client sends on its own (GET, SET, EXISTS, MGET) is idempotent, so a retried
+/// pipeline is safe. Server error replies are never retried.
+pub struct ZdbClient {
+    config: ZdbConfig,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ZdbClient {
+    /// A client that dials lazily, on first use.
+    pub fn new(config: ZdbConfig) -> Self {
+        ZdbClient {
+            config,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A client with one connection already open, so that a wrong address or password fails here.
+    pub fn connect(config: ZdbConfig) -> Result<Self, StoreError> {
+        let client = Self::new(config);
+        client.run(|conn| {
+            let reply = conn.command(&[b"PING".as_slice()])?;
+            conn.expect_ok("PING", reply)
+        })?;
+        Ok(client)
+    }
+
+    /// The configuration this client uses.
+    pub fn config(&self) -> &ZdbConfig {
+        &self.config
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Number of idle pooled connections (for tests and diagnostics).
+    pub fn idle_connections(&self) -> usize {
+        self.idle().len()
+    }
+
+    /// Runs `op` on a pooled connection, retrying transient failures on fresh connections. `op` may run
+    /// more than once, so it must be idempotent.
+    pub fn run<T>(
+        &self,
+        mut op: impl FnMut(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut attempt = 0u32;
+        loop {
+            let pooled = self.idle().pop();
+            let result = match pooled {
+                Some(conn) => Ok(conn),
+                None => Connection::open(&self.config),
+            }
+            .and_then(|mut conn| op(&mut conn).map(|value| (value, conn)));
+            match result {
+                Ok((value, conn)) => {
+                    let mut idle = self.idle();
+                    if idle.len() < self.config.pool_size {
+                        idle.push(conn);
+                    }
+                    return Ok(value);
+                }
+                Err(e) if e.is_transient() && attempt < self.config.retries => {
+                    // The failed connection is gone; idle ones probably share its fate.
+                    self.idle().clear();
+                    let backoff = self
+                        .config
+                        .retry_backoff
+                        .saturating_mul(1u32 << attempt.min(16))
+                        .min(MAX_BACKOFF);
+                    std::thread::sleep(backoff);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    if e.is_transient() {
+                        self.idle().clear();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Sends one command; an error reply becomes [`StoreError::Server`] with the server's text.
+    pub fn command<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Reply, StoreError> {
+        self.run(|conn| conn.command(args))
+            .and_then(|reply| match reply {
+                Reply::Error(message) => Err(StoreError::Server { message }),
+                other => Ok(other),
+            })
+    }
+
+    /// Pipelines `commands` on one connection and returns every reply in order; error replies stay
+    /// [`Reply::Error`] so the caller sees which command failed.
+    pub fn pipeline<C, A>(&self, commands: &[C]) -> Result<Vec<Reply>, StoreError>
+    where
+        C: AsRef<[A]>,
+        A: AsRef<[u8]>,
+    {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(|conn| conn.pipeline(commands, self.config.pipeline_window))
+    }
+
+    /// PING.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.command(&[b"PING".as_slice()]).map(|_| ())
+    }
+
+    /// GET: the value, or `None` when the key is absent or deleted.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(|conn| {
+            let reply = conn.command(&[b"GET".as_slice(), key])?;
+            value_of(conn.endpoint(), "GET", reply)
+        })
+    }
+
+    /// SET: stores `value` under `key` (an unchanged value is not an error).
+    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        check_payload(value)?;
+        self.run(|conn| {
+            let reply = conn.command(&[b"SET".as_slice(), key, value])?;
+            set_value(conn.endpoint(), reply)
+        })
+    }
+
+    /// EXISTS.
+    pub fn exists(&self, key: &[u8]) -> Result<bool, StoreError> {
+        self.run(|conn| {
+            let reply = conn.command(&[b"EXISTS".as_slice(), key])?;
+            exists_value(conn.endpoint(), reply)
+        })
+    }
+
+    /// DEL: removes `key` (the server replies with an error if it does not exist).
+    pub fn del(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.run(|conn| {
+            let reply = conn.command(&[b"DEL".as_slice(), key])?;
+            conn.expect_ok("DEL", reply)
+        })
+    }
+
+    /// Values of many keys, in order, fetched with pipelined MGETs of at most [`MAX_MGET_KEYS`] keys.
+    pub fn mget<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batches: Vec<&[K]> = keys.chunks(MAX_MGET_KEYS).collect();
+        self.run(|conn| {
+            let mut values = Vec::with_capacity(keys.len());
+            let endpoint = conn.endpoint().to_string();
+            conn.pipeline_with(
+                batches.len(),
+                self.config.pipeline_window,
+                |i, conn| {
+                    let batch = batches.get(i).copied().unwrap_or_default();
+                    let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() + 1);
+                    args.push(b"MGET");
+                    args.extend(batch.iter().map(|k| k.as_ref()));
+                    conn.queue(&args)
+                },
+                |i, reply| {
+                    let expected = batches.get(i).map_or(0, |b| b.len());
+                    match reply {
+                        Reply::Array(items) if items.len() == expected => {
+                            for item in items {
+                                values.push(value_of(&endpoint, "MGET", item)?);
+                            }
+                            Ok(())
+                        }
+                        Reply::Error(message) => Err(StoreError::Server { message }),
+                        other => Err(StoreError::Protocol {
+                            endpoint: endpoint.clone(),
+                            reason: format!(
+                                "MGET of {expected} keys answered with {} ({} items)",
+                                other.kind(),
+                                match &other {
+                                    Reply::Array(items) => items.len(),
+                                    _ => 0,
+                                }
+                            ),
+                        }),
+                    }
+                },
+            )?;
+            Ok(values)
+        })
+    }
+
+    /// Existence of many keys, in order, with pipelined EXISTS.
+    pub fn exists_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<bool>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(|conn| {
+            let mut found = Vec::with_capacity(keys.len());
+            let endpoint = conn.endpoint().to_string();
+            conn.pipeline_with(
+                keys.len(),
+                self.config.pipeline_window.max(256),
+                |i, conn| match keys.get(i) {
+                    Some(key) => conn.queue(&[b"EXISTS".as_slice(), key.as_ref()]),
+                    None => Ok(()),
+                },
+                |_, reply| {
+                    found.push(exists_value(&endpoint, reply)?);
+                    Ok(())
+                },
+            )?;
+            Ok(found)
+        })
+    }
+
+    /// Stores many values with pipelined SETs.
+    pub fn set_many<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        items: &[(K, V)],
+    ) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        for (_, value) in items {
+            check_payload(value.as_ref())?;
+        }
+        self.run(|conn| {
+            let endpoint = conn.endpoint().to_string();
+            conn.pipeline_with(
+                items.len(),
+                self.config.pipeline_window,
+                |i, conn| match items.get(i) {
+                    Some((key, value)) => {
+                        conn.queue(&[b"SET".as_slice(), key.as_ref(), value.as_ref()])
+                    }
+                    None => Ok(()),
+                },
+                |_, reply| set_value(&endpoint, reply),
+            )
+        })
+    }
+}
+
+fn check_payload(value: &[u8]) -> Result<(), StoreError> {
+    if value.len() > MAX_PAYLOAD {
+        return Err(StoreError::ObjectTooLarge {
+            size: value.len(),
+            limit: MAX_PAYLOAD,
+        });
+    }
+    Ok(())
+}
+
+fn unexpected(endpoint: &str, command: &str, reply: &Reply) -> StoreError {
+    StoreError::Protocol {
+        endpoint: endpoint.to_string(),
+        reason: format!("unexpected {} reply to {command}", reply.kind()),
+    }
+}
+
+/// The value in a GET (or MGET element) reply.
+fn value_of(endpoint: &str, command: &str, reply: Reply) -> Result<Option<Vec<u8>>, StoreError> {
+    match reply {
+        Reply::Bulk(v) => Ok(Some(v)),
+        Reply::Nil => Ok(None),
+        Reply::Error(message) => Err(StoreError::Server { message }),
+        other => Err(unexpected(endpoint, command, &other)),
+    }
+}
+
+fn set_value(endpoint: &str, reply: Reply) -> Result<(), StoreError> {
+    match reply {
+        // 0-db answers SET with the key, or nil when the stored value is already identical.
+        Reply::Bulk(_) | Reply::Nil | Reply::Status(_) => Ok(()),
+        Reply::Error(message) => Err(StoreError::Server { message }),
+        other => Err(unexpected(endpoint, "SET", &other)),
+    }
+}
+
+fn exists_value(endpoint: &str, reply: Reply) -> Result<bool, StoreError> {
+    match reply {
+        Reply::Integer(n) => Ok(n > 0),
+        Reply::Error(message) => Err(StoreError::Server { message }),
+        other => Err(unexpected(endpoint, "EXISTS", &other)),
+    }
+}
