@@ -1,0 +1,166 @@
+//! Chunk encoding: plaintext → zstd (kept only when it shrinks) → AES-256-GCM under a convergent key →
+//! stored object, whose BLAKE3 hash is the [`ChunkId`].
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+
+use crate::{ChunkId, ChunkRef, ImageError};
+
+/// The BLAKE3 key-derivation context for convergent chunk keys.
+pub const CHUNK_KEY_CONTEXT: &str = "thinnode chunk key v1";
+
+/// Default zstd level used by pack.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
+/// Length of the AES-GCM authentication tag appended to every stored object.
+pub const TAG_LEN: usize = 16;
+
+/// The fixed all-zero nonce: safe because every key encrypts exactly one plaintext.
+const NONCE: [u8; 12] = [0u8; 12];
+
+/// The convergent key of a plaintext chunk.
+pub fn chunk_key(plain: &[u8]) -> [u8; 32] {
+    blake3::derive_key(CHUNK_KEY_CONTEXT, plain)
+}
+
+/// One encoded chunk: the reference the manifest keeps and the object the store keeps.
+#[derive(Debug, Clone)]
+pub struct EncodedChunk {
+    /// What the manifest records about the chunk.
+    pub chunk_ref: ChunkRef,
+    /// The stored object (ciphertext plus tag).
+    pub stored: Vec<u8>,
+}
+
+/// Encodes one plaintext chunk with zstd at `level` (skipped when it does not shrink the data) and
+/// convergent AES-256-GCM encryption.
+pub fn encode_chunk(plain: &[u8], level: i32) -> Result<EncodedChunk, ImageError> {
+    let plain_len = u32::try_from(plain.len())
+        .map_err(|_| ImageError::Invalid(format!("chunk of {} bytes is too large", plain.len())))?;
+    let key = chunk_key(plain);
+    let compressed = zstd::bulk::compress(plain, level)
+        .map_err(|e| ImageError::Invalid(format!("zstd compression failed: {e}")))?;
+    let (mut buf, is_compressed) = if compressed.len() < plain.len() {
+        (compressed, true)
+    } else {
+        (plain.to_vec(), false)
+    };
+    buf.reserve_exact(TAG_LEN);
+    let cipher = Aes256Gcm::new(&key.into());
+    cipher
+        .encrypt_in_place(Nonce::from_slice(&NONCE), b"", &mut buf)
+        .map_err(|_| ImageError::Invalid("AES-GCM encryption failed".into()))?;
+    let stored_len = u32::try_from(buf.len())
+        .map_err(|_| ImageError::Invalid("encoded chunk is too large".into()))?;
+    Ok(EncodedChunk {
+        chunk_ref: ChunkRef {
+            id: ChunkId::of(&buf),
+            key,
+            plain_len,
+            stored_len,
+            compressed: is_compressed,
+        },
+        stored: buf,
+    })
+}
+
+/// Verifies and decodes one stored object: checks `ChunkId::of(stored) == r.id`, decrypts (AEAD tag),
+/// decompresses, checks the plaintext length and that the derived key matches. Never returns wrong
+/// bytes: any mismatch is [`ImageError::CorruptChunk`].
+pub fn decode_chunk(r: &ChunkRef, stored: &[u8]) -> Result<Vec<u8>, ImageError> {
+    let corrupt = |reason: String| ImageError::CorruptChunk { id: r.id, reason };
+    if stored.len() != r.stored_len as usize {
+        return Err(corrupt(format!(
+            "stored object is {} bytes, manifest says {}",
+            stored.len(),
+            r.stored_len
+        )));
+    }
+    if ChunkId::of(stored) != r.id {
+        return Err(corrupt("stored object does not hash to its id".into()));
+    }
+    let mut buf = stored.to_vec();
+    let cipher = Aes256Gcm::new(&r.key.into());
+    cipher
+        .decrypt_in_place(Nonce::from_slice(&NONCE), b"", &mut buf)
+        .map_err(|_| corrupt("authentication tag does not match (wrong key or data)".into()))?;
+    let plain = if r.compressed {
+        zstd::bulk::decompress(&buf, r.plain_len as usize)
+            .map_err(|e| corrupt(format!("zstd decompression failed: {e}")))?
+    } else {
+        buf
+    };
+    if plain.len() != r.plain_len as usize {
+        return Err(corrupt(format!(
+            "plaintext is {} bytes, manifest says {}",
+            plain.len(),
+            r.plain_len
+        )));
+    }
+    if chunk_key(&plain) != r.key {
+        return Err(corrupt("plaintext does not derive the recorded key".into()));
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_compressible_and_random() {
+        let text = b"polkadot block ".repeat(5000);
+        let enc = encode_chunk(&text, 3).unwrap();
+        assert!(enc.chunk_ref.compressed);
+        assert!(enc.stored.len() < text.len());
+        assert_eq!(decode_chunk(&enc.chunk_ref, &enc.stored).unwrap(), text);
+
+        let mut random = vec![0u8; 100_000];
+        rand::Rng::fill(&mut rand::rng(), &mut random[..]);
+        let enc = encode_chunk(&random, 3).unwrap();
+        assert!(!enc.chunk_ref.compressed);
+        assert_eq!(enc.stored.len(), random.len() + TAG_LEN);
+        assert_eq!(decode_chunk(&enc.chunk_ref, &enc.stored).unwrap(), random);
+    }
+
+    #[test]
+    fn convergent_equal_chunks_equal_ids() {
+        let a = encode_chunk(b"same bytes", 1).unwrap();
+        let b = encode_chunk(b"same bytes", 1).unwrap();
+        assert_eq!(a.chunk_ref.id, b.chunk_ref.id);
+        assert_eq!(a.stored, b.stored);
+        let c = encode_chunk(b"other bytes", 1).unwrap();
+        assert_ne!(a.chunk_ref.id, c.chunk_ref.id);
+        // The store never sees the plaintext.
+        assert!(!a.stored.windows(4).any(|w| w == b"same"));
+    }
+
+    #[test]
+    fn flipped_byte_is_rejected() {
+        let enc = encode_chunk(&b"x".repeat(4096), 1).unwrap();
+        for pos in [0, enc.stored.len() / 2, enc.stored.len() - 1] {
+            let mut bad = enc.stored.clone();
+            bad[pos] ^= 0x01;
+            match decode_chunk(&enc.chunk_ref, &bad) {
+                Err(ImageError::CorruptChunk { id, .. }) => assert_eq!(id, enc.chunk_ref.id),
+                other => panic!("expected CorruptChunk, got {other:?}"),
+            }
+        }
+        // Truncated object.
+        assert!(decode_chunk(&enc.chunk_ref, &enc.stored[1..]).is_err());
+    }
+
+    #[test]
+    fn wrong_key_or_lengths_are_rejected() {
+        let enc = encode_chunk(&b"y".repeat(4096), 1).unwrap();
+        let mut r = enc.chunk_ref;
+        r.key[0] ^= 1;
+        assert!(decode_chunk(&r, &enc.stored).is_err());
+        let mut r = enc.chunk_ref;
+        r.plain_len -= 1;
+        assert!(decode_chunk(&r, &enc.stored).is_err());
+        let mut r = enc.chunk_ref;
+        r.compressed = !r.compressed;
+        assert!(decode_chunk(&r, &enc.stored).is_err());
+    }
+}
