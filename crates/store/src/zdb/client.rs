@@ -4,7 +4,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::config::{ZdbConfig, MAX_MGET_KEYS, MAX_PAYLOAD};
-use super::connection::Connection;
+use super::connection::{ArrayStart, Connection};
 use super::reply::Reply;
 use crate::StoreError;
 
@@ -161,6 +161,8 @@ impl ZdbClient {
     }
 
     /// Values of many keys, in order, fetched with pipelined MGETs of at most [`MAX_MGET_KEYS`] keys.
+    /// 0-db streams an MGET reply as an array whose elements are exactly GET replies (value, nil, or an
+    /// error line such as "-Internal Error"); an error element fails the whole call with its text.
     pub fn mget<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -168,7 +170,6 @@ impl ZdbClient {
         let batches: Vec<&[K]> = keys.chunks(MAX_MGET_KEYS).collect();
         self.run(|conn| {
             let mut values = Vec::with_capacity(keys.len());
-            let endpoint = conn.endpoint().to_string();
             conn.pipeline_with(
                 batches.len(),
                 self.config.pipeline_window,
@@ -179,28 +180,52 @@ impl ZdbClient {
                     args.extend(batch.iter().map(|k| k.as_ref()));
                     conn.queue(&args)
                 },
-                |i, reply| {
+                |i, conn| {
                     let expected = batches.get(i).map_or(0, |b| b.len());
-                    match reply {
-                        Reply::Array(items) if items.len() == expected => {
-                            for item in items {
-                                values.push(value_of(&endpoint, "MGET", item)?);
+                    match conn.read_array_start()? {
+                        ArrayStart::Len(n) if n == expected => {
+                            for _ in 0..n {
+                                let reply = conn.read_reply()?;
+                                values.push(value_of(conn.endpoint(), "MGET", reply)?);
                             }
                             Ok(())
                         }
-                        Reply::Error(message) => Err(StoreError::Server { message }),
+                        ArrayStart::Other(Reply::Error(message)) => {
+                            Err(StoreError::Server { message })
+                        }
                         other => Err(StoreError::Protocol {
-                            endpoint: endpoint.clone(),
-                            reason: format!(
-                                "MGET of {expected} keys answered with {} ({} items)",
-                                other.kind(),
-                                match &other {
-                                    Reply::Array(items) => items.len(),
-                                    _ => 0,
-                                }
-                            ),
+                            endpoint: conn.endpoint().to_string(),
+                            reason: format!("MGET of {expected} keys answered with {other:?}"),
                         }),
                     }
+                },
+            )?;
+            Ok(values)
+        })
+    }
+
+    /// Values of many keys, in order, fetched with pipelined GETs (one reply per key, so large values
+    /// stream without waiting for a whole batch).
+    pub fn get_pipelined<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(|conn| {
+            let mut values = Vec::with_capacity(keys.len());
+            conn.pipeline_with(
+                keys.len(),
+                self.config.pipeline_window,
+                |i, conn| match keys.get(i) {
+                    Some(key) => conn.queue(&[b"GET".as_slice(), key.as_ref()]),
+                    None => Ok(()),
+                },
+                |_, conn| {
+                    let reply = conn.read_reply()?;
+                    values.push(value_of(conn.endpoint(), "GET", reply)?);
+                    Ok(())
                 },
             )?;
             Ok(values)
@@ -214,7 +239,6 @@ impl ZdbClient {
         }
         self.run(|conn| {
             let mut found = Vec::with_capacity(keys.len());
-            let endpoint = conn.endpoint().to_string();
             conn.pipeline_with(
                 keys.len(),
                 self.config.pipeline_window.max(256),
@@ -222,8 +246,9 @@ impl ZdbClient {
                     Some(key) => conn.queue(&[b"EXISTS".as_slice(), key.as_ref()]),
                     None => Ok(()),
                 },
-                |_, reply| {
-                    found.push(exists_value(&endpoint, reply)?);
+                |_, conn| {
+                    let reply = conn.read_reply()?;
+                    found.push(exists_value(conn.endpoint(), reply)?);
                     Ok(())
                 },
             )?;
@@ -243,7 +268,6 @@ impl ZdbClient {
             check_payload(value.as_ref())?;
         }
         self.run(|conn| {
-            let endpoint = conn.endpoint().to_string();
             conn.pipeline_with(
                 items.len(),
                 self.config.pipeline_window,
@@ -253,7 +277,10 @@ impl ZdbClient {
                     }
                     None => Ok(()),
                 },
-                |_, reply| set_value(&endpoint, reply),
+                |_, conn| {
+                    let reply = conn.read_reply()?;
+                    set_value(conn.endpoint(), reply)
+                },
             )
         })
     }

@@ -18,6 +18,20 @@ use crate::StoreError;
 /// Bytes asked from the socket per read (at least).
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Longest array header line accepted (`*<count>\r\n`).
+const MAX_HEADER_LINE: usize = 24;
+
+/// How a reply expected to be an array begins; see [`Connection::read_array_start`].
+#[derive(Debug)]
+pub enum ArrayStart {
+    /// An array of this many elements follows.
+    Len(usize),
+    /// The nil array.
+    Nil,
+    /// Not an array: the complete reply (usually an error).
+    Other(Reply),
+}
+
 /// Request bytes buffered before they are written out while pipelining.
 const WRITE_FLUSH_AT: usize = 4 * 1024 * 1024;
 
@@ -268,6 +282,50 @@ impl Connection {
         }
     }
 
+    /// Reads the start of a reply expected to be an array, without waiting for its elements: the element
+    /// count, or the whole reply if it is not an array (e.g. an error). The caller then reads the elements
+    /// with [`Connection::read_reply`]. This keeps decoding linear for arrays of large values (MGET).
+    pub fn read_array_start(&mut self) -> Result<ArrayStart, StoreError> {
+        loop {
+            let pending = self
+                .read_buf
+                .get(self.read_start..self.read_end)
+                .unwrap_or_default();
+            match pending.first() {
+                None => {}
+                Some(b'*') => {
+                    if let Some(line_end) = pending.windows(2).position(|w| w == b"\r\n") {
+                        let count = pending
+                            .get(1..line_end)
+                            .and_then(|digits| std::str::from_utf8(digits).ok())
+                            .and_then(|digits| digits.parse::<i64>().ok())
+                            .ok_or_else(|| StoreError::Protocol {
+                                endpoint: self.endpoint.clone(),
+                                reason: "malformed array header".to_string(),
+                            })?;
+                        self.read_start += line_end + 2;
+                        if self.read_start == self.read_end {
+                            self.read_start = 0;
+                            self.read_end = 0;
+                        }
+                        return Ok(match usize::try_from(count) {
+                            Ok(n) => ArrayStart::Len(n),
+                            Err(_) => ArrayStart::Nil,
+                        });
+                    }
+                    if pending.len() > MAX_HEADER_LINE {
+                        return Err(StoreError::Protocol {
+                            endpoint: self.endpoint.clone(),
+                            reason: "array header line too long".to_string(),
+                        });
+                    }
+                }
+                Some(_) => return self.read_reply().map(ArrayStart::Other),
+            }
+            self.fill()?;
+        }
+    }
+
     /// Reads more bytes from the socket into the receive buffer.
     fn fill(&mut self) -> Result<(), StoreError> {
         if self.read_buf.len() - self.read_end < READ_CHUNK {
@@ -306,20 +364,19 @@ impl Connection {
         self.read_reply()
     }
 
-    /// Pipelines `count` commands: keeps up to `window` of them in flight, calling `encode(i, self)` to
-    /// queue command `i` and `on_reply(i, reply)` with each reply, in order. All replies are read even if
-    /// `on_reply` fails, so the connection stays usable; the first `on_reply` error is returned.
+    /// Pipelines `count` commands, keeping up to `window` of them in flight: `encode(i, self)` queues
+    /// command `i`, `read(i, self)` consumes its reply, in order. Stops at the first error; the
+    /// connection is then out of step with the server and must be dropped (the pool does so).
     pub fn pipeline_with(
         &mut self,
         count: usize,
         window: usize,
         mut encode: impl FnMut(usize, &mut Self) -> Result<(), StoreError>,
-        mut on_reply: impl FnMut(usize, Reply) -> Result<(), StoreError>,
+        mut read: impl FnMut(usize, &mut Self) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let window = window.max(1);
         let mut sent = 0;
         let mut received = 0;
-        let mut first_error = None;
         while received < count {
             while sent < count && sent - received < window && self.write_buf.len() < WRITE_FLUSH_AT
             {
@@ -327,13 +384,10 @@ impl Connection {
                 sent += 1;
             }
             self.flush()?;
-            let reply = self.read_reply()?;
-            if let Err(e) = on_reply(received, reply) {
-                first_error.get_or_insert(e);
-            }
+            read(received, self)?;
             received += 1;
         }
-        first_error.map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// Pipelines `commands` (each a list of arguments) and returns their replies in order.
@@ -354,8 +408,8 @@ impl Connection {
                 Some(cmd) => conn.queue(cmd.as_ref()),
                 None => Ok(()),
             },
-            |_, reply| {
-                replies.push(reply);
+            |_, conn| {
+                replies.push(conn.read_reply()?);
                 Ok(())
             },
         )?;

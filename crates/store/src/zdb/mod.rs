@@ -15,6 +15,6 @@ pub use client::ZdbClient;
 pub use config::{
     Endpoint, ZdbConfig, DEFAULT_NAMESPACE, DEFAULT_PORT, MAX_KEY_LEN, MAX_MGET_KEYS, MAX_PAYLOAD,
 };
-pub use connection::{secure_hash, Connection};
+pub use connection::{secure_hash, ArrayStart, Connection};
 pub use reply::Reply;
 pub use store::ZdbStore;

@@ -1,0 +1,213 @@
+//! Fetch throughput of a chunk store: `get_many` (pipelined/batched), one-by-one `get`, and plain
+//! loopback TCP as the ceiling. Used by bench/store-fetch.sh and as the "pipelined raw fetch" baseline
+//! for the mount's cold reads.
+//!
+//! ```text
+//! store-fetch-bench fill  --store URL --ids FILE --count N [--size BYTES]
+//! store-fetch-bench fetch --store URL --ids FILE [--batch N] [--mode many|single]
+//! store-fetch-bench loopback --bytes N
+//! ```
+//! Each measurement prints one line: `<what> bytes=<n> secs=<s> MB/s=<rate>`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use store::ChunkId;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FetchMode {
+    /// `get_many` in batches.
+    Many,
+    /// `get` one object at a time.
+    Single,
+    /// 0-db client only: pipelined GETs (`ZdbClient::get_pipelined`) in batches.
+    PipelinedGet,
+    /// 0-db client only: pipelined MGETs (`ZdbClient::mget`) in batches.
+    Mget,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stores `count` pseudo-random objects of `size` bytes and writes their ids to `ids`.
+    Fill {
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        ids: PathBuf,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 1 << 20)]
+        size: usize,
+    },
+    /// Fetches every id listed in `ids` and reports the rate.
+    Fetch {
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        ids: PathBuf,
+        /// Ids per get_many call.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, value_enum, default_value_t = FetchMode::Many)]
+        mode: FetchMode,
+    },
+    /// Sends `bytes` over a loopback TCP connection in 1 MiB writes and reads them back.
+    Loopback {
+        #[arg(long)]
+        bytes: u64,
+    },
+}
+
+fn report(what: &str, bytes: u64, start: Instant) {
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{what} bytes={bytes} secs={secs:.3} MB/s={:.0}",
+        bytes as f64 / secs / 1e6
+    );
+}
+
+fn main() -> Result<()> {
+    match Args::parse().command {
+        Command::Fill {
+            store,
+            ids,
+            count,
+            size,
+        } => {
+            let store = store::open(&store)?;
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            let mut listing = String::new();
+            for _ in 0..count {
+                let object: Vec<u8> = (0..size)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u8
+                    })
+                    .collect();
+                let id = ChunkId::of(&object);
+                store.put(&id, &object)?;
+                listing.push_str(&id.to_hex());
+                listing.push('\n');
+            }
+            std::fs::write(&ids, listing).map_err(|e| format!("write {}: {e}", ids.display()))?;
+        }
+        Command::Fetch {
+            store,
+            ids,
+            batch,
+            mode,
+        } => {
+            let url = store;
+            let store = store::open(&url)?;
+            let text = std::fs::read_to_string(&ids)
+                .map_err(|e| format!("read {}: {e}", ids.display()))?;
+            let ids = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| ChunkId::from_hex(l.trim()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let start = Instant::now();
+            let mut bytes = 0u64;
+            let mut missing = 0usize;
+            match mode {
+                FetchMode::Many => {
+                    for chunk in ids.chunks(batch.max(1)) {
+                        for value in store.get_many(chunk)? {
+                            match value {
+                                Some(v) => bytes += v.len() as u64,
+                                None => missing += 1,
+                            }
+                        }
+                    }
+                }
+                FetchMode::PipelinedGet | FetchMode::Mget => {
+                    let client = match store::StoreLocation::parse(&url)? {
+                        store::StoreLocation::Zdb(config) => {
+                            store::zdb::ZdbClient::connect(config)?
+                        }
+                        store::StoreLocation::Dir(_) => {
+                            return Err("this mode needs a zdb store".into())
+                        }
+                    };
+                    for chunk in ids.chunks(batch.max(1)) {
+                        let keys: Vec<&[u8]> = chunk.iter().map(|id| id.0.as_slice()).collect();
+                        let values = match mode {
+                            FetchMode::Mget => client.mget(&keys)?,
+                            _ => client.get_pipelined(&keys)?,
+                        };
+                        for value in values {
+                            match value {
+                                Some(v) => bytes += v.len() as u64,
+                                None => missing += 1,
+                            }
+                        }
+                    }
+                }
+                FetchMode::Single => {
+                    for id in &ids {
+                        match store.get(id)? {
+                            Some(v) => bytes += v.len() as u64,
+                            None => missing += 1,
+                        }
+                    }
+                }
+            }
+            if missing > 0 {
+                return Err(
+                    format!("{missing} of {} ids are missing from the store", ids.len()).into(),
+                );
+            }
+            let what = match mode {
+                FetchMode::Many => format!("get_many(batch={batch})"),
+                FetchMode::Single => "get".to_string(),
+                FetchMode::PipelinedGet => format!("pipelined-get(batch={batch})"),
+                FetchMode::Mget => format!("mget(batch={batch})"),
+            };
+            report(&what, bytes, start);
+        }
+        Command::Loopback { bytes } => {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let sender = std::thread::spawn(move || -> std::io::Result<()> {
+                let (mut socket, _) = listener.accept()?;
+                let block = vec![7u8; 1 << 20];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    socket.write_all(&block[..n])?;
+                    left -= n as u64;
+                }
+                Ok(())
+            });
+            let start = Instant::now();
+            let mut socket = TcpStream::connect(addr)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut got = 0u64;
+            while got < bytes {
+                let n = socket.read(&mut buf)?;
+                if n == 0 {
+                    return Err(format!("loopback sender stopped after {got} bytes").into());
+                }
+                got += n as u64;
+            }
+            report("loopback-tcp", got, start);
+            sender
+                .join()
+                .map_err(|_| "loopback sender thread panicked")??;
+        }
+    }
+    Ok(())
+}
