@@ -1,0 +1,440 @@
+//! The host chunk cache: decoded (plaintext) chunks stored content-addressed by [`ChunkId`], shared by
+//! every mount of every image on the host, plus assembled whole files used as FUSE passthrough backing.
+//!
+//! Layout under the cache root:
+//! - `chunks/<first two hex digits>/<chunk id hex>`: one verified plaintext chunk per file;
+//! - `files/<file key>`: a regular file assembled from cached chunks (passthrough backing);
+//! - `tmp/`: entries being written; an entry becomes visible only by `rename` after its bytes were
+//!   verified and synced, so a crash mid-write never leaves a partial entry that looks valid;
+//! - `evict.lock`: `flock`ed while one process evicts, so processes sharing the cache do not race.
+//!
+//! Eviction is least-recently-used by file modification time: a cache hit refreshes the entry's mtime
+//! (at most once a minute per entry and process), so the order survives restarts and is shared by every
+//! process using the cache.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use store::ChunkId;
+
+/// How often, at most, one process refreshes the access time of one entry.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+/// Temporary files older than this are leftovers of crashed writers and are removed.
+const STALE_TMP_AGE: Duration = Duration::from_secs(600);
+/// Eviction brings the cache down to this fraction (in percent) of its limit.
+const LOW_WATERMARK_PERCENT: u64 = 90;
+
+/// Errors from the host cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// A filesystem operation on the cache directory failed.
+    #[error("cache {path}: {source}")]
+    Io {
+        /// The path the operation was about.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path, source: io::Error) -> CacheError {
+    CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Settings of a [`HostCache`].
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// The cache root directory (created if missing).
+    pub dir: PathBuf,
+    /// Size limit in bytes for chunks plus assembled files; eviction keeps the total under it.
+    pub max_bytes: u64,
+    /// Whether entries are `fdatasync`ed before they become visible (survive power loss).
+    pub durable: bool,
+}
+
+/// Counters the cache keeps about itself.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Entries removed by eviction since this process opened the cache.
+    pub evicted_entries: AtomicU64,
+    /// Bytes removed by eviction since this process opened the cache.
+    pub evicted_bytes: AtomicU64,
+}
+
+/// The host chunk cache. Cheap to share (`Arc`); safe to use from many threads and processes at once.
+#[derive(Debug)]
+pub struct HostCache {
+    root: PathBuf,
+    max_bytes: u64,
+    durable: bool,
+    /// Estimated total bytes: the last scan's total plus what this process added since.
+    estimated_bytes: AtomicU64,
+    /// Serialises this process's evictions (the lock file serialises processes).
+    evicting: Mutex<()>,
+    /// Last time this process refreshed each entry's mtime.
+    touched: Mutex<HashMap<ChunkId, Instant>>,
+    temp_counter: AtomicU64,
+    /// Eviction counters.
+    pub stats: CacheStats,
+}
+
+impl HostCache {
+    /// Opens (creating if needed) the cache at `config.dir`. Cheap: the size of the existing content is
+    /// measured by a background scan so opening never waits on a large cache.
+    pub fn open(config: &CacheConfig) -> Result<Arc<HostCache>, CacheError> {
+        let root = config.dir.clone();
+        for sub in ["chunks", "files", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(|e| io_err(&p, e))?;
+        }
+        let cache = Arc::new(HostCache {
+            root,
+            max_bytes: config.max_bytes,
+            durable: config.durable,
+            estimated_bytes: AtomicU64::new(0),
+            evicting: Mutex::new(()),
+            touched: Mutex::new(HashMap::new()),
+            temp_counter: AtomicU64::new(0),
+            stats: CacheStats::default(),
+        });
+        let scanner = Arc::clone(&cache);
+        let spawned = std::thread::Builder::new()
+            .name("cache-scan".into())
+            .spawn(move || {
+                scanner.remove_stale_temp_files();
+                if let Err(e) = scanner.enforce_limit() {
+                    tracing::warn!("cache scan failed: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start cache scan thread: {e}");
+        }
+        Ok(cache)
+    }
+
+    /// The cache root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The configured size limit in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Where the chunk `id` lives (whether or not it is present).
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root.join("chunks").join(&hex[..2]).join(hex)
+    }
+
+    /// Where the assembled file named `key` lives (whether or not it is present).
+    pub fn file_path(&self, key: &str) -> PathBuf {
+        self.root.join("files").join(key)
+    }
+
+    /// Whether the chunk `id` is present with exactly `expected_len` bytes.
+    pub fn contains(&self, id: &ChunkId, expected_len: u32) -> bool {
+        fs::metadata(self.chunk_path(id)).is_ok_and(|m| m.len() == u64::from(expected_len))
+    }
+
+    /// Reads `len` bytes at `offset` of the cached chunk `id`, whose full length must be `expected_len`.
+    /// `Ok(None)` when the chunk is absent (or has the wrong length, in which case it is removed).
+    pub fn read(
+        &self,
+        id: &ChunkId,
+        expected_len: u32,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
+        let path = self.chunk_path(id);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let actual_len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+        if actual_len != u64::from(expected_len) {
+            tracing::warn!(
+                "cache entry {} has {actual_len} bytes, expected {expected_len}: removing it",
+                id
+            );
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
+        let end = offset.saturating_add(len as u64).min(actual_len);
+        let want = end.saturating_sub(offset) as usize;
+        let mut buf = vec![0u8; want];
+        match file.read_exact_at(&mut buf, offset) {
+            Ok(()) => {}
+            // Evicted and truncated under us cannot happen (eviction unlinks), but a short read is a miss.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(io_err(&path, e)),
+        }
+        self.touch(id, &file);
+        Ok(Some(buf))
+    }
+
+    /// Stores the verified plaintext of chunk `id`. Writes a temporary file, syncs it (when durable) and
+    /// renames it into place, so readers see either nothing or the whole entry.
+    pub fn insert(&self, id: &ChunkId, plaintext: &[u8]) -> Result<(), CacheError> {
+        let path = self.chunk_path(id);
+        if fs::metadata(&path).is_ok_and(|m| m.len() == plaintext.len() as u64) {
+            return Ok(());
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+        }
+        let tmp = self.temp_path(&id.to_hex());
+        let write = || -> io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(plaintext)?;
+            if self.durable {
+                f.sync_data()?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&tmp, e));
+        }
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&path, e));
+        }
+        self.added(plaintext.len() as u64);
+        Ok(())
+    }
+
+    /// A fresh temporary path in `tmp/` (unique per process and call).
+    pub fn temp_path(&self, stem: &str) -> PathBuf {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{stem}.{}.{n}", std::process::id()))
+    }
+
+    /// Publishes a fully written and synced temporary file as the assembled file `key`.
+    pub fn publish_file(&self, tmp: &Path, key: &str) -> Result<PathBuf, CacheError> {
+        let dest = self.file_path(key);
+        let len = fs::metadata(tmp).map_err(|e| io_err(tmp, e))?.len();
+        fs::rename(tmp, &dest).map_err(|e| io_err(&dest, e))?;
+        self.added(len);
+        Ok(dest)
+    }
+
+    /// Opens the assembled file `key` if present with exactly `expected_len` bytes, refreshing its
+    /// access time.
+    pub fn open_file(&self, key: &str, expected_len: u64) -> Option<File> {
+        let path = self.file_path(key);
+        let file = File::open(&path).ok()?;
+        if file.metadata().ok()?.len() != expected_len {
+            return None;
+        }
+        let _ = file.set_modified(SystemTime::now());
+        Some(file)
+    }
+
+    /// Total bytes of chunks and assembled files as last measured plus what this process added since.
+    pub fn estimated_bytes(&self) -> u64 {
+        self.estimated_bytes.load(Ordering::Relaxed)
+    }
+
+    fn added(&self, bytes: u64) {
+        let total = self.estimated_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total > self.max_bytes {
+            if let Err(e) = self.enforce_limit() {
+                tracing::warn!("cache eviction failed: {e}");
+            }
+        }
+    }
+
+    fn touch(&self, id: &ChunkId, file: &File) {
+        let now = Instant::now();
+        let Ok(mut touched) = self.touched.lock() else {
+            return;
+        };
+        if touched
+            .get(id)
+            .is_some_and(|t| now.duration_since(*t) < TOUCH_INTERVAL)
+        {
+            return;
+        }
+        if touched.len() > 1_000_000 {
+            touched.clear();
+        }
+        touched.insert(*id, now);
+        drop(touched);
+        let _ = file.set_modified(SystemTime::now());
+    }
+
+    /// Measures the cache and, when it is over its limit, removes least-recently-used entries until it
+    /// is under the low watermark. Coordinated between processes with an exclusive `flock`.
+    pub fn enforce_limit(&self) -> Result<(), CacheError> {
+        let _local = self.evicting.lock().unwrap_or_else(|p| p.into_inner());
+        let lock_path = self.root.join("evict.lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_err(&lock_path, io::Error::from(errno)))?;
+
+        let mut entries = Vec::new();
+        let mut total = 0u64;
+        self.collect_entries(&self.root.join("chunks"), 2, &mut entries, &mut total);
+        self.collect_entries(&self.root.join("files"), 1, &mut entries, &mut total);
+        if total > self.max_bytes {
+            let target = self.max_bytes / 100 * LOW_WATERMARK_PERCENT;
+            entries.sort_by_key(|(mtime, _, _)| *mtime);
+            for (_, size, path) in entries {
+                if total <= target {
+                    break;
+                }
+                if fs::remove_file(&path).is_ok() {
+                    total = total.saturating_sub(size);
+                    self.stats.evicted_entries.fetch_add(1, Ordering::Relaxed);
+                    self.stats.evicted_bytes.fetch_add(size, Ordering::Relaxed);
+                }
+            }
+        }
+        self.estimated_bytes.store(total, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Walks `dir` down `depth` levels collecting (mtime, size, path) of regular files.
+    fn collect_entries(
+        &self,
+        dir: &Path,
+        depth: u32,
+        out: &mut Vec<(SystemTime, u64, PathBuf)>,
+        total: &mut u64,
+    ) {
+        let Ok(rd) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in rd.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                if depth > 1 {
+                    self.collect_entries(&entry.path(), depth - 1, out, total);
+                }
+            } else if meta.is_file() {
+                let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                *total += meta.len();
+                out.push((mtime, meta.len(), entry.path()));
+            }
+        }
+    }
+
+    fn remove_stale_temp_files(&self) {
+        let Ok(rd) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in rd.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age > STALE_TMP_AGE);
+            if old {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, max: u64) -> Arc<HostCache> {
+        let cache = HostCache::open(&CacheConfig {
+            dir: dir.to_path_buf(),
+            max_bytes: max,
+            durable: false,
+        })
+        .expect("open cache");
+        // Let the initial scan finish so it does not race with the test's own accounting.
+        cache.enforce_limit().expect("scan");
+        cache
+    }
+
+    #[test]
+    fn insert_then_read_ranges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = open(dir.path(), 1 << 30);
+        let id = ChunkId::of(b"stored");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        assert!(cache.read(&id, 10_000, 0, 10).expect("read").is_none());
+        cache.insert(&id, &data).expect("insert");
+        assert!(cache.contains(&id, 10_000));
+        assert!(!cache.contains(&id, 9_999));
+        let got = cache
+            .read(&id, 10_000, 500, 100)
+            .expect("read")
+            .expect("hit");
+        assert_eq!(got, &data[500..600]);
+        let tail = cache
+            .read(&id, 10_000, 9_990, 100)
+            .expect("read")
+            .expect("hit");
+        assert_eq!(tail, &data[9_990..]);
+    }
+
+    #[test]
+    fn wrong_length_entry_is_a_miss_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = open(dir.path(), 1 << 30);
+        let id = ChunkId::of(b"x");
+        cache.insert(&id, &[1, 2, 3]).expect("insert");
+        assert!(cache.read(&id, 4, 0, 4).expect("read").is_none());
+        assert!(!cache.chunk_path(&id).exists());
+    }
+
+    #[test]
+    fn eviction_keeps_total_under_limit_and_drops_oldest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = open(dir.path(), 100_000);
+        let mut ids = Vec::new();
+        for i in 0..30u32 {
+            let id = ChunkId::of(&i.to_le_bytes());
+            cache.insert(&id, &vec![i as u8; 10_000]).expect("insert");
+            // Distinct, increasing mtimes so LRU order is well defined.
+            let f = File::options()
+                .write(true)
+                .open(cache.chunk_path(&id))
+                .expect("open");
+            f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 + u64::from(i)))
+                .expect("set mtime");
+            ids.push(id);
+        }
+        cache.enforce_limit().expect("evict");
+        assert!(cache.estimated_bytes() <= 100_000);
+        let present: Vec<bool> = ids.iter().map(|id| cache.contains(id, 10_000)).collect();
+        assert!(present[29], "newest entry must survive");
+        assert!(!present[0], "oldest entry must be evicted");
+        let on_disk: u64 = ids
+            .iter()
+            .filter_map(|id| fs::metadata(cache.chunk_path(id)).ok())
+            .map(|m| m.len())
+            .sum();
+        assert!(on_disk <= 100_000, "{on_disk} bytes left");
+    }
+}

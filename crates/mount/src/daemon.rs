@@ -1,0 +1,560 @@
+//! The mount lifecycle: mounting (ready only when the mountpoint answers), kernel readahead, serving until
+//! SIGTERM/SIGINT or an external unmount, clean unmount, stale-mount cleanup, and the per-mount record
+//! that `umount` and `hydrate` use to find a running mount.
+
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use image::{ImageError, ImageManifest};
+
+use crate::cache::{CacheConfig, CacheError, HostCache};
+use crate::engine::BaseReader;
+use crate::fetch::{FetchConfig, Fetcher};
+use crate::fs::ImageFs;
+use crate::metrics::{self, Metrics};
+use crate::stores::open_stores;
+use crate::trace::{TraceError, TraceRecorder};
+
+/// Where running mounts leave their records.
+pub const RUN_DIR: &str = "/run/thinnode/mounts";
+/// The kernel readahead set on every mount, in KiB (makes 1 MiB read requests).
+pub const READ_AHEAD_KB: u32 = 1024;
+
+/// Errors of the mount lifecycle.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The image could not be opened or failed signature verification.
+    #[error("image {path}: {source}")]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ImageError,
+    },
+    /// The host cache could not be opened.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The access trace could not be created.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// The image records no store and none was given.
+    #[error("the image records no store; pass --store")]
+    NoStore,
+    /// Something is wrong with the mountpoint.
+    #[error("mountpoint {path}: {reason}")]
+    Mountpoint {
+        /// The mountpoint.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> MountError {
+    let context = context.into();
+    move |source| MountError::Io { context, source }
+}
+
+/// Everything `mount` needs.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// The image file.
+    pub image: PathBuf,
+    /// Where to mount it.
+    pub mountpoint: PathBuf,
+    /// The host cache.
+    pub cache: CacheConfig,
+    /// Store URLs to use instead of the ones recorded in the image (empty: use the recorded ones).
+    pub store_overrides: Vec<String>,
+    /// When given, the image must carry a valid signature by this key.
+    pub trusted_key: Option<VerifyingKey>,
+    /// Fetcher settings.
+    pub fetch: FetchConfig,
+    /// Chunks prefetched ahead of a sequential reader.
+    pub readahead_chunks: u64,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Record an access trace here.
+    pub record_trace: Option<PathBuf>,
+    /// Serve fully cached files with FUSE passthrough.
+    pub passthrough: bool,
+    /// FUSE request threads (each can wait on one fetch).
+    pub fuse_threads: usize,
+}
+
+impl MountConfig {
+    /// Defaults for everything but the image, mountpoint and cache.
+    pub fn new(image: PathBuf, mountpoint: PathBuf, cache: CacheConfig) -> MountConfig {
+        MountConfig {
+            image,
+            mountpoint,
+            cache,
+            store_overrides: Vec::new(),
+            trusted_key: None,
+            fetch: FetchConfig::default(),
+            readahead_chunks: 16,
+            metrics_addr: None,
+            record_trace: None,
+            passthrough: true,
+            fuse_threads: 16,
+        }
+    }
+}
+
+/// What a running mount leaves in [`RUN_DIR`] so other commands can find it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MountRecord {
+    /// The serving process.
+    pub pid: u32,
+    /// The image file (absolute).
+    pub image: PathBuf,
+    /// The mountpoint (absolute).
+    pub mountpoint: PathBuf,
+    /// The host cache directory.
+    pub cache_dir: PathBuf,
+    /// The host cache limit in bytes.
+    pub cache_max_bytes: u64,
+    /// The store URLs given on the command line (empty: the image's).
+    pub store_overrides: Vec<String>,
+    /// Where metrics are served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// An absolute form of `path` that works even when `path` itself is a dead mount (only the parent is
+/// resolved).
+pub fn absolute_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
+    let abs = std::path::absolute(path).map_err(io_ctx(format!("resolve {}", path.display())))?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = fs::canonicalize(parent)
+                .map_err(io_ctx(format!("resolve {}", parent.display())))?;
+            Ok(parent.join(name))
+        }
+        _ => Ok(abs),
+    }
+}
+
+fn record_path(mountpoint: &Path) -> PathBuf {
+    let hash = blake3::hash(mountpoint.as_os_str().as_encoded_bytes());
+    Path::new(RUN_DIR).join(format!("{}.json", &hash.to_hex()[..32]))
+}
+
+/// The record of the mount at `mountpoint` (absolute), if one was left.
+pub fn read_record(mountpoint: &Path) -> Option<MountRecord> {
+    let text = fs::read(record_path(mountpoint)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn write_record(rec: &MountRecord) -> Result<(), MountError> {
+    fs::create_dir_all(RUN_DIR).map_err(io_ctx(format!("create {RUN_DIR}")))?;
+    let path = record_path(&rec.mountpoint);
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let body = serde_json::to_vec_pretty(rec).map_err(|e| MountError::Io {
+        context: "encode mount record".into(),
+        source: io::Error::other(e),
+    })?;
+    fs::write(&tmp, body).map_err(io_ctx(format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, &path).map_err(io_ctx(format!("write {}", path.display())))
+}
+
+fn remove_record(mountpoint: &Path, pid: u32) {
+    if read_record(mountpoint).is_some_and(|r| r.pid == pid) {
+        let _ = fs::remove_file(record_path(mountpoint));
+    }
+}
+
+/// Whether `path` is a dead FUSE mount ("Transport endpoint is not connected").
+pub fn is_stale_mount(path: &Path) -> bool {
+    matches!(fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// Whether something is mounted at `path` (its device differs from its parent's).
+pub fn is_mountpoint(path: &Path) -> bool {
+    if is_stale_mount(path) {
+        return true;
+    }
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    match (fs::metadata(path), fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev() || a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Detaches a dead mount left at `path` by a killed daemon. Returns whether one was cleaned.
+pub fn clean_stale_mount(path: &Path) -> Result<bool, MountError> {
+    if !is_stale_mount(path) {
+        return Ok(false);
+    }
+    tracing::warn!(
+        "{}: stale mount of a dead daemon; detaching it",
+        path.display()
+    );
+    nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| io_ctx(format!("detach {}", path.display()))(io::Error::from(e)))?;
+    Ok(true)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // Signal 0 checks existence; a zombie still counts, so also look at /proc state.
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Unmounts the thinnode mount at `mountpoint`: asks its daemon to exit (SIGTERM) and waits for it, or
+/// unmounts directly; a stale mount is detached. Errors when nothing is mounted there.
+pub fn unmount_path(mountpoint: &Path, timeout: Duration) -> Result<(), MountError> {
+    let mnt = absolute_mountpoint(mountpoint)?;
+    if clean_stale_mount(&mnt)? {
+        let _ = fs::remove_file(record_path(&mnt));
+        return Ok(());
+    }
+    if let Some(rec) = read_record(&mnt) {
+        if pid_alive(rec.pid) {
+            if let Ok(pid) = i32::try_from(rec.pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let start = Instant::now();
+            while start.elapsed() < timeout && pid_alive(rec.pid) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = fs::remove_file(record_path(&mnt));
+        if !is_mountpoint(&mnt) {
+            return Ok(());
+        }
+    }
+    if !is_mountpoint(&mnt) {
+        return Err(MountError::Mountpoint {
+            path: mnt,
+            reason: "nothing is mounted there".into(),
+        });
+    }
+    match nix::mount::umount2(&mnt, nix::mount::MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => {
+            tracing::warn!("{} is busy; detaching it lazily", mnt.display());
+            nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH)
+                .map_err(|e| io_ctx(format!("detach {}", mnt.display()))(io::Error::from(e)))
+        }
+        Err(e) => Err(io_ctx(format!("unmount {}", mnt.display()))(
+            io::Error::from(e),
+        )),
+    }
+}
+
+/// Sets the kernel readahead of the FUSE mount at `mountpoint` (its backing-device-info in sysfs).
+pub fn set_read_ahead(mountpoint: &Path, kb: u32) -> Result<(), MountError> {
+    let meta =
+        fs::metadata(mountpoint).map_err(io_ctx(format!("stat {}", mountpoint.display())))?;
+    let dev = meta.dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    fs::write(&path, kb.to_string()).map_err(io_ctx(format!("write {path}")))
+}
+
+/// Opens the image at `path`, verifying its signature against `trusted` when given.
+pub fn open_image(
+    path: &Path,
+    trusted: Option<&VerifyingKey>,
+) -> Result<ImageManifest, MountError> {
+    let image_err = |source| MountError::Image {
+        path: path.to_path_buf(),
+        source,
+    };
+    let manifest = ImageManifest::open(path).map_err(image_err)?;
+    if let Some(key) = trusted {
+        manifest.verify_signature(key).map_err(image_err)?;
+    }
+    Ok(manifest)
+}
+
+static SHUTDOWN_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_shutdown_signal(_: libc::c_int) {
+    SHUTDOWN_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGTERM, SIGINT and SIGHUP request a clean shutdown (see [`MountedImage::serve`]).
+pub fn install_shutdown_handler() -> Result<(), MountError> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_shutdown_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }
+            .map_err(|e| io_ctx(format!("install {sig} handler"))(io::Error::from(e)))?;
+    }
+    Ok(())
+}
+
+/// A mounted image being served by this process.
+pub struct MountedImage {
+    mountpoint: PathBuf,
+    unmounter: SessionUnmounter,
+    session: Option<JoinHandle<io::Result<()>>>,
+    metrics: Arc<Metrics>,
+    metrics_addr: Option<SocketAddr>,
+    fetcher: Arc<Fetcher>,
+}
+
+impl std::fmt::Debug for MountedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountedImage")
+            .field("mountpoint", &self.mountpoint)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MountedImage {
+    /// Mounts the image and returns once the mountpoint answers (kernel readahead already set).
+    pub fn mount(config: MountConfig) -> Result<MountedImage, MountError> {
+        let mountpoint = absolute_mountpoint(&config.mountpoint)?;
+        clean_stale_mount(&mountpoint)?;
+        let meta = fs::metadata(&mountpoint).map_err(|e| MountError::Mountpoint {
+            path: mountpoint.clone(),
+            reason: e.to_string(),
+        })?;
+        if !meta.is_dir() {
+            return Err(MountError::Mountpoint {
+                path: mountpoint,
+                reason: "not a directory".into(),
+            });
+        }
+        if let Some(rec) = read_record(&mountpoint) {
+            if pid_alive(rec.pid) && is_mountpoint(&mountpoint) {
+                return Err(MountError::Mountpoint {
+                    path: mountpoint,
+                    reason: format!("already mounted by process {}", rec.pid),
+                });
+            }
+        }
+        let image = std::path::absolute(&config.image)
+            .map_err(io_ctx(format!("resolve {}", config.image.display())))?;
+        let manifest = Arc::new(open_image(&image, config.trusted_key.as_ref())?);
+        let stores = open_stores(&manifest.stores(), &config.store_overrides);
+        if stores.is_empty() {
+            return Err(MountError::NoStore);
+        }
+        let cache = HostCache::open(&config.cache)?;
+        let metrics = Arc::new(Metrics::new());
+        let metrics_addr = match config.metrics_addr {
+            Some(addr) => Some(
+                metrics::serve(Arc::clone(&metrics), addr)
+                    .map_err(io_ctx(format!("serve metrics on {addr}")))?,
+            ),
+            None => None,
+        };
+        let fetcher = Arc::new(Fetcher::new(
+            stores,
+            cache,
+            Arc::clone(&metrics),
+            config.fetch.clone(),
+        ));
+        let trace = match &config.record_trace {
+            Some(p) => Some(TraceRecorder::create(p)?),
+            None => None,
+        };
+        let reader = Arc::new(BaseReader::new(
+            manifest,
+            Arc::clone(&fetcher),
+            config.readahead_chunks,
+            trace,
+        ));
+        let fs = ImageFs::new(reader, config.passthrough);
+
+        let mut fuse_config = Config::default();
+        fuse_config.mount_options = vec![
+            MountOption::RO,
+            MountOption::FSName(format!("thinnode:{}", image.display())),
+            MountOption::Subtype("thinnode".into()),
+            MountOption::DefaultPermissions,
+            MountOption::NoSuid,
+            MountOption::NoAtime,
+        ];
+        fuse_config.acl = SessionACL::All;
+        fuse_config.n_threads = Some(config.fuse_threads.max(1));
+        fuse_config.clone_fd = true;
+        let mut session = Session::new(fs, &mountpoint, &fuse_config)
+            .map_err(io_ctx(format!("mount {}", mountpoint.display())))?;
+        let unmounter = session.unmount_callable();
+        let handle = std::thread::Builder::new()
+            .name("fuse-session".into())
+            .spawn(move || session.run())
+            .map_err(io_ctx("start the FUSE session"))?;
+        let mut mounted = MountedImage {
+            mountpoint: mountpoint.clone(),
+            unmounter,
+            session: Some(handle),
+            metrics,
+            metrics_addr,
+            fetcher,
+        };
+        if let Err(e) = mounted.wait_ready(Duration::from_secs(10)) {
+            let _ = mounted.stop();
+            return Err(e);
+        }
+        if let Err(e) = set_read_ahead(&mountpoint, READ_AHEAD_KB) {
+            tracing::warn!("cannot raise kernel readahead: {e}");
+        }
+        write_record(&MountRecord {
+            pid: std::process::id(),
+            image,
+            mountpoint,
+            cache_dir: config.cache.dir.clone(),
+            cache_max_bytes: config.cache.max_bytes,
+            store_overrides: config.store_overrides.clone(),
+            metrics_addr,
+        })?;
+        Ok(mounted)
+    }
+
+    /// Waits until a stat of the mountpoint is answered by this filesystem.
+    fn wait_ready(&self, timeout: Duration) -> Result<(), MountError> {
+        let parent = self.mountpoint.parent().unwrap_or(Path::new("/"));
+        let parent_dev = fs::metadata(parent)
+            .map_err(io_ctx(format!("stat {}", parent.display())))?
+            .dev();
+        let start = Instant::now();
+        loop {
+            if let Ok(m) = fs::metadata(&self.mountpoint) {
+                if m.dev() != parent_dev {
+                    return Ok(());
+                }
+            }
+            if self.session.as_ref().is_none_or(|h| h.is_finished()) {
+                return Err(MountError::Mountpoint {
+                    path: self.mountpoint.clone(),
+                    reason: "the FUSE session ended before the mount answered".into(),
+                });
+            }
+            if start.elapsed() > timeout {
+                return Err(MountError::Mountpoint {
+                    path: self.mountpoint.clone(),
+                    reason: format!("the mount did not answer within {timeout:?}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The mountpoint (absolute).
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The mount's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Where metrics are served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The fetcher serving this mount.
+    pub fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
+    }
+
+    /// Serves until a shutdown signal arrives (see [`install_shutdown_handler`]) or the filesystem is
+    /// unmounted from outside, then unmounts cleanly.
+    pub fn serve(mut self) -> Result<(), MountError> {
+        loop {
+            if SHUTDOWN_REQUESTED.load(Ordering::SeqCst) {
+                tracing::info!(
+                    "shutdown requested; unmounting {}",
+                    self.mountpoint.display()
+                );
+                break;
+            }
+            if self.session.as_ref().is_none_or(|h| h.is_finished()) {
+                tracing::info!("{} was unmounted", self.mountpoint.display());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        self.stop()
+    }
+
+    /// Unmounts and waits for the FUSE session to end.
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), MountError> {
+        remove_record(&self.mountpoint, std::process::id());
+        let mut result = Ok(());
+        if let Some(handle) = self.session.take() {
+            if !handle.is_finished() {
+                if let Err(e) = self.unmounter.unmount() {
+                    // Busy (open files): detach lazily so the mountpoint is free and the session ends
+                    // once the last user goes away.
+                    tracing::warn!("unmount {}: {e}; detaching", self.mountpoint.display());
+                    if let Err(e) =
+                        nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                    {
+                        result = Err(io_ctx(format!("detach {}", self.mountpoint.display()))(
+                            io::Error::from(e),
+                        ));
+                    }
+                }
+            }
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("FUSE session ended with: {e}"),
+                Err(_) => tracing::error!("FUSE session thread panicked"),
+            }
+        }
+        result
+    }
+}
+
+impl Drop for MountedImage {
+    fn drop(&mut self) {
+        if self.session.is_some() {
+            if let Err(e) = self.stop() {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}

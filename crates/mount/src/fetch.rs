@@ -1,0 +1,529 @@
+//! The fetcher: turns a [`ChunkRef`] into verified plaintext, from memory, the host cache or a store.
+//!
+//! - Single flight: concurrent misses on one chunk share one store request.
+//! - Worker pool: store requests run on worker threads, demand reads before readahead; a reader waits at
+//!   most the configured timeout, so a hung store yields `Timeout` (EIO) instead of a hung read.
+//! - Retries with exponential backoff while the store errors, bounded by the timeout.
+//! - Every fetched object is verified and decoded by [`image::decode_chunk`] before anyone sees it or it
+//!   enters the cache.
+//! - An optional token-bucket limit on fetched bytes per second (for background hydration).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select_biased, unbounded, Receiver, Sender};
+use image::ChunkRef;
+use store::{ChunkId, ChunkStore};
+
+use crate::cache::HostCache;
+use crate::metrics::Metrics;
+
+/// Why a chunk could not be produced. Cloneable: one failure is handed to every waiter of a flight.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No store holds the chunk.
+    #[error("chunk {0} is in no store")]
+    Missing(ChunkId),
+    /// The stored object failed verification or decoding.
+    #[error("chunk {id} is corrupt: {reason}")]
+    Corrupt {
+        /// The chunk.
+        id: ChunkId,
+        /// What did not match.
+        reason: String,
+    },
+    /// Every store failed, retries included.
+    #[error("chunk {id}: store unavailable after {attempts} attempts: {last}")]
+    Unavailable {
+        /// The chunk.
+        id: ChunkId,
+        /// How many rounds over the stores were tried.
+        attempts: u32,
+        /// The last store error.
+        last: String,
+    },
+    /// No answer within the timeout.
+    #[error("chunk {id}: no answer from the store within {after:?}")]
+    Timeout {
+        /// The chunk.
+        id: ChunkId,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The fetcher is shutting down.
+    #[error("fetcher stopped")]
+    Stopped,
+    /// The host cache failed to read.
+    #[error("{0}")]
+    Cache(String),
+}
+
+/// Settings of a [`Fetcher`].
+#[derive(Clone, Debug)]
+pub struct FetchConfig {
+    /// Worker threads issuing store requests.
+    pub workers: usize,
+    /// How long a read waits for a chunk (and how long a worker keeps retrying) before giving up.
+    pub timeout: Duration,
+    /// First retry delay; doubles per attempt.
+    pub initial_backoff: Duration,
+    /// Chunks per store request for readahead and hydration.
+    pub batch_chunks: usize,
+    /// Decoded chunks kept in memory (most recent first).
+    pub memory_chunks: usize,
+    /// Cap on fetched (stored) bytes per second; `None` for no cap.
+    pub rate_limit: Option<u64>,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            workers: 8,
+            timeout: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(50),
+            batch_chunks: 4,
+            memory_chunks: 32,
+            rate_limit: None,
+        }
+    }
+}
+
+type FlightResult = Result<Arc<Vec<u8>>, FetchError>;
+
+/// One in-progress fetch of one chunk; every reader that misses on the chunk waits on it.
+#[derive(Default)]
+struct Flight {
+    result: Mutex<Option<FlightResult>>,
+    done: Condvar,
+}
+
+impl Flight {
+    fn complete(&self, r: FlightResult) {
+        let mut slot = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(r);
+        }
+        self.done.notify_all();
+    }
+
+    fn wait(&self, id: ChunkId, timeout: Duration) -> FlightResult {
+        let deadline = Instant::now() + timeout;
+        let mut slot = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = slot.as_ref() {
+                return r.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(FetchError::Timeout { id, after: timeout });
+            }
+            slot = self
+                .done
+                .wait_timeout(slot, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Token bucket over bytes.
+struct RateLimiter {
+    bytes_per_sec: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    fn new(bytes_per_sec: u64) -> Self {
+        RateLimiter {
+            bytes_per_sec: bytes_per_sec.max(1) as f64,
+            state: Mutex::new((0.0, Instant::now())),
+        }
+    }
+
+    /// Takes `bytes` tokens, sleeping as long as the bucket is in debt.
+    fn acquire(&self, bytes: u64) {
+        let wait = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let burst = self.bytes_per_sec / 4.0;
+            let refill = now.duration_since(st.1).as_secs_f64() * self.bytes_per_sec;
+            st.0 = (st.0 + refill).min(burst) - bytes as f64;
+            st.1 = now;
+            if st.0 < 0.0 {
+                Duration::from_secs_f64(-st.0 / self.bytes_per_sec)
+            } else {
+                Duration::ZERO
+            }
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+struct Core {
+    stores: Vec<Arc<dyn ChunkStore>>,
+    cache: Arc<HostCache>,
+    metrics: Arc<Metrics>,
+    config: FetchConfig,
+    flights: Mutex<HashMap<ChunkId, Arc<Flight>>>,
+    recent: Mutex<VecDeque<(ChunkId, Arc<Vec<u8>>)>>,
+    limiter: Option<RateLimiter>,
+}
+
+/// Produces verified plaintext chunks; see the module docs. Share with `Arc`.
+pub struct Fetcher {
+    core: Arc<Core>,
+    demand: Sender<Vec<ChunkRef>>,
+    prefetch: Sender<Vec<ChunkRef>>,
+    _workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("stores", &self.core.stores.len())
+            .field("config", &self.core.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetcher {
+    /// A fetcher reading from `stores` (tried in order) through `cache`, starting its worker threads.
+    pub fn new(
+        stores: Vec<Arc<dyn ChunkStore>>,
+        cache: Arc<HostCache>,
+        metrics: Arc<Metrics>,
+        config: FetchConfig,
+    ) -> Fetcher {
+        let limiter = config.rate_limit.map(RateLimiter::new);
+        let core = Arc::new(Core {
+            stores,
+            cache,
+            metrics,
+            config,
+            flights: Mutex::new(HashMap::new()),
+            recent: Mutex::new(VecDeque::new()),
+            limiter,
+        });
+        let (demand_tx, demand_rx) = unbounded::<Vec<ChunkRef>>();
+        let (prefetch_tx, prefetch_rx) = unbounded::<Vec<ChunkRef>>();
+        let mut workers = Vec::new();
+        for i in 0..core.config.workers.max(1) {
+            let core = Arc::clone(&core);
+            let demand_rx: Receiver<Vec<ChunkRef>> = demand_rx.clone();
+            let prefetch_rx: Receiver<Vec<ChunkRef>> = prefetch_rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("fetch-{i}"))
+                .spawn(move || loop {
+                    let job = select_biased! {
+                        recv(demand_rx) -> j => j,
+                        recv(prefetch_rx) -> j => j,
+                    };
+                    match job {
+                        Ok(job) => core.run_job(&job),
+                        Err(_) => return,
+                    }
+                });
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => tracing::error!("cannot start fetch worker: {e}"),
+            }
+        }
+        Fetcher {
+            core,
+            demand: demand_tx,
+            prefetch: prefetch_tx,
+            _workers: workers,
+        }
+    }
+
+    /// The host cache this fetcher fills.
+    pub fn cache(&self) -> &Arc<HostCache> {
+        &self.core.cache
+    }
+
+    /// The metrics this fetcher updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.core.metrics
+    }
+
+    /// Reads `len` bytes at `offset` within chunk `r` (fewer at the chunk's end).
+    pub fn read(&self, r: &ChunkRef, offset: u64, len: usize) -> Result<Vec<u8>, FetchError> {
+        let slice = |data: &[u8]| -> Vec<u8> {
+            let start = (offset as usize).min(data.len());
+            let end = start.saturating_add(len).min(data.len());
+            data.get(start..end).map(<[u8]>::to_vec).unwrap_or_default()
+        };
+        if let Some(data) = self.core.recent_get(&r.id) {
+            self.core.metrics.cache_hits.inc();
+            return Ok(slice(&data));
+        }
+        match self.core.cache.read(&r.id, r.plain_len, offset, len) {
+            Ok(Some(bytes)) => {
+                self.core.metrics.cache_hits.inc();
+                return Ok(bytes);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}; fetching chunk {} from the store", r.id),
+        }
+        let data = self.fetch(r)?;
+        Ok(slice(&data))
+    }
+
+    /// The whole plaintext of chunk `r`.
+    pub fn get(&self, r: &ChunkRef) -> Result<Arc<Vec<u8>>, FetchError> {
+        if let Some(data) = self.core.recent_get(&r.id) {
+            self.core.metrics.cache_hits.inc();
+            return Ok(data);
+        }
+        if let Ok(Some(bytes)) = self
+            .core
+            .cache
+            .read(&r.id, r.plain_len, 0, r.plain_len as usize)
+        {
+            self.core.metrics.cache_hits.inc();
+            return Ok(Arc::new(bytes));
+        }
+        self.fetch(r)
+    }
+
+    /// Fetches `r` from a store (joining an in-flight fetch of it) and waits for the result.
+    fn fetch(&self, r: &ChunkRef) -> FlightResult {
+        self.core.metrics.cache_misses.inc();
+        let (flight, new) = self.core.join_flight(r);
+        if new && self.demand.send(vec![*r]).is_err() {
+            self.core.finish_flight(&r.id, Err(FetchError::Stopped));
+        }
+        flight.wait(r.id, self.core.config.timeout)
+    }
+
+    /// Starts background fetches of those of `refs` that are neither cached nor in flight.
+    pub fn prefetch(&self, refs: &[ChunkRef]) {
+        let mut todo = Vec::new();
+        for r in refs {
+            if self.core.recent_has(&r.id) || self.core.cache.contains(&r.id, r.plain_len) {
+                continue;
+            }
+            if let (_, true) = self.core.join_flight(r) {
+                todo.push(*r);
+            }
+        }
+        self.core.metrics.readahead_chunks.inc_by(todo.len() as u64);
+        for batch in todo.chunks(self.core.config.batch_chunks.max(1)) {
+            if self.prefetch.send(batch.to_vec()).is_err() {
+                for r in batch {
+                    self.core.finish_flight(&r.id, Err(FetchError::Stopped));
+                }
+            }
+        }
+    }
+
+    /// Makes sure every chunk of `refs` is in the host cache, fetching the missing ones in this thread
+    /// (in batches of `batch_chunks`). Returns one result per chunk.
+    pub fn fetch_into_cache(&self, refs: &[ChunkRef]) -> Vec<Result<(), FetchError>> {
+        let mut mine = Vec::new();
+        let mut flights = Vec::with_capacity(refs.len());
+        for r in refs {
+            if self.core.cache.contains(&r.id, r.plain_len) {
+                flights.push(None);
+                continue;
+            }
+            let (flight, new) = self.core.join_flight(r);
+            if new {
+                mine.push(*r);
+            }
+            flights.push(Some(flight));
+        }
+        for batch in mine.chunks(self.core.config.batch_chunks.max(1)) {
+            self.core.run_job(batch);
+        }
+        refs.iter()
+            .zip(flights)
+            .map(|(r, flight)| match flight {
+                None => Ok(()),
+                Some(f) => f.wait(r.id, self.core.config.timeout).map(|_| ()),
+            })
+            .collect()
+    }
+}
+
+impl Core {
+    fn recent_get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        let recent = self.recent.lock().ok()?;
+        recent
+            .iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, v)| Arc::clone(v))
+    }
+
+    fn recent_has(&self, id: &ChunkId) -> bool {
+        self.recent
+            .lock()
+            .map(|r| r.iter().any(|(k, _)| k == id))
+            .unwrap_or(false)
+    }
+
+    fn recent_put(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+        if self.config.memory_chunks == 0 {
+            return;
+        }
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.iter().any(|(k, _)| *k == id) {
+                return;
+            }
+            recent.push_front((id, data));
+            recent.truncate(self.config.memory_chunks);
+        }
+    }
+
+    /// The flight for `r`, and whether the caller created it (and so must get it fetched).
+    fn join_flight(&self, r: &ChunkRef) -> (Arc<Flight>, bool) {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = flights.get(&r.id) {
+            return (Arc::clone(f), false);
+        }
+        let f = Arc::new(Flight::default());
+        flights.insert(r.id, Arc::clone(&f));
+        (f, true)
+    }
+
+    fn finish_flight(&self, id: &ChunkId, result: FlightResult) {
+        let flight = self
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(f) = flight {
+            f.complete(result);
+        }
+    }
+
+    fn flight(&self, id: &ChunkId) -> Option<Arc<Flight>> {
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Fetches, verifies, caches and completes the flights of `job`.
+    fn run_job(&self, job: &[ChunkRef]) {
+        // A chunk may have reached the cache since the flight was created (another process).
+        let mut pending: Vec<ChunkRef> = Vec::with_capacity(job.len());
+        for r in job {
+            match self.cache.read(&r.id, r.plain_len, 0, r.plain_len as usize) {
+                Ok(Some(bytes)) => self.finish_flight(&r.id, Ok(Arc::new(bytes))),
+                _ => pending.push(*r),
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        if let Some(l) = &self.limiter {
+            l.acquire(pending.iter().map(|r| u64::from(r.stored_len)).sum());
+        }
+        let deadline = Instant::now() + self.config.timeout;
+        let mut backoff = self.config.initial_backoff;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let mut failed: Vec<ChunkRef> = Vec::new();
+            let mut last_error = String::new();
+            let mut missing_everywhere: Vec<ChunkRef> = pending.clone();
+            for store in &self.stores {
+                if missing_everywhere.is_empty() {
+                    break;
+                }
+                let ids: Vec<ChunkId> = missing_everywhere.iter().map(|r| r.id).collect();
+                let started = Instant::now();
+                self.metrics.fetches_in_flight.inc();
+                let answer = store.get_many(&ids);
+                self.metrics.fetches_in_flight.dec();
+                self.metrics
+                    .fetch_latency_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                match answer {
+                    Ok(objects) => {
+                        let mut still_missing = Vec::new();
+                        for (i, r) in missing_everywhere.iter().enumerate() {
+                            match objects.get(i) {
+                                Some(Some(stored)) => self.accept(r, stored),
+                                _ => still_missing.push(*r),
+                            }
+                        }
+                        missing_everywhere = still_missing;
+                    }
+                    Err(e) => {
+                        self.metrics.store_errors.inc();
+                        last_error = format!("{}: {e}", store.public_url());
+                        tracing::debug!("store request failed: {last_error}");
+                        failed.extend(missing_everywhere.iter().copied());
+                        missing_everywhere.clear();
+                    }
+                }
+            }
+            for r in &missing_everywhere {
+                self.finish_flight(&r.id, Err(FetchError::Missing(r.id)));
+            }
+            if failed.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            if now + backoff >= deadline {
+                tracing::warn!(
+                    "giving up on {} chunk(s) after {attempts} attempts: {last_error}",
+                    failed.len()
+                );
+                for r in &failed {
+                    self.finish_flight(
+                        &r.id,
+                        Err(FetchError::Unavailable {
+                            id: r.id,
+                            attempts,
+                            last: last_error.clone(),
+                        }),
+                    );
+                }
+                return;
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            pending = failed;
+        }
+    }
+
+    /// Verifies and decodes one fetched object, publishes it to its waiters, then caches it.
+    fn accept(&self, r: &ChunkRef, stored: &[u8]) {
+        self.metrics.bytes_fetched.inc_by(stored.len() as u64);
+        match image::decode_chunk(r, stored) {
+            Ok(plain) => {
+                self.metrics.chunks_fetched.inc();
+                let plain = Arc::new(plain);
+                // Waiters get the bytes now; the flight stays registered until the cache has them so a
+                // late reader joins it instead of fetching again.
+                if let Some(f) = self.flight(&r.id) {
+                    f.complete(Ok(Arc::clone(&plain)));
+                }
+                if let Err(e) = self.cache.insert(&r.id, &plain) {
+                    tracing::warn!("cannot cache chunk {}: {e}", r.id);
+                }
+                self.recent_put(r.id, Arc::clone(&plain));
+                self.finish_flight(&r.id, Ok(plain));
+            }
+            Err(e) => {
+                self.metrics.corrupt_chunks.inc();
+                tracing::error!("chunk {} from the store failed verification: {e}", r.id);
+                self.finish_flight(
+                    &r.id,
+                    Err(FetchError::Corrupt {
+                        id: r.id,
+                        reason: e.to_string(),
+                    }),
+                );
+            }
+        }
+    }
+}

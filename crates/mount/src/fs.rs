@@ -1,0 +1,470 @@
+//! The FUSE adapter: a read-only [`fuser::Filesystem`] over a [`BaseReader`].
+//!
+//! The base is immutable, so attributes and entries get long TTLs and opens keep the kernel page cache
+//! (`FOPEN_KEEP_CACHE`). A file whose chunks are all in the host cache is assembled into a local file and
+//! later opens are served with FUSE passthrough: the kernel then reads the local file directly.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use image::{FileKind, ImageError, Ino, Inode};
+
+use crate::engine::{BaseReader, ReadError, ReadState};
+use crate::files;
+
+/// How long the kernel may cache attributes and entries (the base never changes).
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Readahead the filesystem asks the kernel for at init (the bdi setting raises it further).
+const MAX_READAHEAD: u32 = 1 << 20;
+
+/// How the open handles of one inode are served; the kernel forbids mixing the two on one inode.
+enum OpenMode {
+    /// Reads come to this process (`count` handles open).
+    Daemon { count: u32 },
+    /// Reads go to `backing` in the kernel (`count` handles open).
+    Passthrough { backing: Arc<BackingId>, count: u32 },
+}
+
+/// The read-only FUSE filesystem of one mounted image.
+pub struct ImageFs {
+    reader: Arc<BaseReader>,
+    handles: Mutex<HashMap<u64, Arc<Mutex<ReadState>>>>,
+    next_fh: AtomicU64,
+    /// Parent and name of inodes seen by lookup, for log lines and "..".
+    names: Mutex<HashMap<Ino, (Ino, Vec<u8>)>>,
+    want_passthrough: bool,
+    passthrough: AtomicBool,
+    modes: Mutex<HashMap<Ino, OpenMode>>,
+    assembling: Arc<Mutex<HashSet<Ino>>>,
+}
+
+impl std::fmt::Debug for ImageFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageFs")
+            .field("passthrough", &self.passthrough.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Directory => FileType::Directory,
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn mtime(inode: &Inode) -> SystemTime {
+    let nanos = Duration::new(0, inode.mtime_nsec.min(999_999_999));
+    if inode.mtime_sec >= 0 {
+        UNIX_EPOCH + Duration::from_secs(inode.mtime_sec.unsigned_abs()) + nanos
+    } else {
+        (UNIX_EPOCH - Duration::from_secs(inode.mtime_sec.unsigned_abs())) + nanos
+    }
+}
+
+/// The FUSE attributes of `inode`.
+pub fn file_attr(inode: &Inode) -> FileAttr {
+    let t = mtime(inode);
+    FileAttr {
+        ino: INodeNo(inode.ino),
+        size: inode.size,
+        blocks: inode.size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: file_type(inode.kind),
+        perm: inode.perm,
+        nlink: inode.nlink,
+        uid: inode.uid,
+        gid: inode.gid,
+        rdev: u32::try_from(inode.rdev).unwrap_or(u32::MAX),
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn image_errno(e: &ImageError) -> Errno {
+    match e {
+        ImageError::NotFound(_) => Errno::ENOENT,
+        _ => Errno::EIO,
+    }
+}
+
+impl ImageFs {
+    /// A filesystem serving `reader`; `passthrough` enables FUSE passthrough for fully cached files.
+    pub fn new(reader: Arc<BaseReader>, passthrough: bool) -> ImageFs {
+        ImageFs {
+            reader,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            names: Mutex::new(HashMap::new()),
+            want_passthrough: passthrough,
+            passthrough: AtomicBool::new(false),
+            modes: Mutex::new(HashMap::new()),
+            assembling: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// A printable path of `ino` as far as lookups have revealed it.
+    fn path_of(&self, ino: Ino) -> String {
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while let Some((parent, name)) = names.get(&cur) {
+            parts.push(String::from_utf8_lossy(name).into_owned());
+            if *parent == cur || parts.len() > 4096 {
+                break;
+            }
+            cur = *parent;
+        }
+        if parts.is_empty() && ino != image::ROOT_INO {
+            return format!("<inode {ino}>");
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
+    fn remember(&self, parent: Ino, name: &[u8], ino: Ino) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names.entry(ino).or_insert_with(|| (parent, name.to_vec()));
+    }
+
+    /// Tries to serve an open of `inode` with passthrough from an assembled file; on the way, starts
+    /// assembling the file in the background when all its chunks are cached.
+    fn try_backing(&self, inode: &Inode, reply: &ReplyOpen) -> Option<BackingId> {
+        if !self.passthrough.load(Ordering::Relaxed) || inode.size == 0 {
+            return None;
+        }
+        let manifest = self.reader.manifest();
+        let chunks = manifest.file_chunks(inode.ino).ok()?;
+        let cache = self.reader.fetcher().cache();
+        let key = files::file_key(inode.size, &chunks);
+        if let Some(file) = cache.open_file(&key, inode.size) {
+            match reply.open_backing(&file) {
+                Ok(id) => return Some(id),
+                Err(e) => {
+                    tracing::warn!("passthrough for {}: {e}", self.path_of(inode.ino));
+                    return None;
+                }
+            }
+        }
+        if files::fully_cached(cache, &chunks) {
+            let mut busy = self.assembling.lock().unwrap_or_else(|p| p.into_inner());
+            if busy.insert(inode.ino) {
+                let cache = Arc::clone(cache);
+                let busy_set = Arc::clone(&self.assembling);
+                let (ino, size, cs) = (inode.ino, inode.size, self.reader.chunk_size());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("assemble".into())
+                        .spawn(move || {
+                            if let Err(e) = files::assemble(&cache, size, cs, &chunks) {
+                                tracing::warn!("assembling inode {ino}: {e}");
+                            }
+                            busy_set
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&ino);
+                        });
+                if spawned.is_err() {
+                    busy.remove(&inode.ino);
+                }
+            }
+        }
+        None
+    }
+
+    fn read_error(&self, ino: Ino, offset: u64, e: &ReadError) -> Errno {
+        self.reader.fetcher().metrics().read_errors.inc();
+        tracing::error!("read {} at offset {offset}: {e}", self.path_of(ino));
+        match e {
+            ReadError::Image(ie) => image_errno(ie),
+            _ => Errno::EIO,
+        }
+    }
+}
+
+impl Filesystem for ImageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(MAX_READAHEAD);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        if self.want_passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.reader.manifest().lookup(parent.0, name.as_bytes()) {
+            Ok(Some(inode)) => {
+                self.remember(parent.0, name.as_bytes(), inode.ino);
+                reply.entry(&TTL, &file_attr(&inode), Generation(0));
+            }
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(image_errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.reader.manifest().getattr(ino.0) {
+            Ok(inode) => reply.attr(&TTL, &file_attr(&inode)),
+            Err(e) => reply.error(image_errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.reader.manifest().readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(image_errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        let inode = match self.reader.manifest().getattr(ino.0) {
+            Ok(i) => i,
+            Err(e) => return reply.error(image_errno(&e)),
+        };
+        if inode.kind == FileKind::Directory {
+            return reply.error(Errno::EISDIR);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(Mutex::new(ReadState::default())));
+
+        // Reuse the inode's current mode; only a first open may choose passthrough.
+        let mut modes = self.modes.lock().unwrap_or_else(|p| p.into_inner());
+        match modes.get_mut(&inode.ino) {
+            Some(OpenMode::Passthrough { backing, count }) => {
+                *count += 1;
+                let backing = Arc::clone(backing);
+                drop(modes);
+                self.reader.fetcher().metrics().passthrough_opens.inc();
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+                return;
+            }
+            Some(OpenMode::Daemon { count }) => {
+                *count += 1;
+                drop(modes);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                return;
+            }
+            None => {}
+        }
+        if inode.kind == FileKind::Regular {
+            if let Some(backing) = self.try_backing(&inode, &reply) {
+                let backing = Arc::new(backing);
+                modes.insert(
+                    inode.ino,
+                    OpenMode::Passthrough {
+                        backing: Arc::clone(&backing),
+                        count: 1,
+                    },
+                );
+                drop(modes);
+                self.reader.fetcher().metrics().passthrough_opens.inc();
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+                return;
+            }
+        }
+        modes.insert(inode.ino, OpenMode::Daemon { count: 1 });
+        drop(modes);
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let state = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let result = match &state {
+            Some(state) => self
+                .reader
+                .read_sequential(ino.0, offset, size as usize, state),
+            None => self.reader.read(ino.0, offset, size as usize),
+        };
+        match result {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(self.read_error(ino.0, offset, &e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        let mut modes = self.modes.lock().unwrap_or_else(|p| p.into_inner());
+        let last = match modes.get_mut(&ino.0) {
+            Some(OpenMode::Daemon { count }) | Some(OpenMode::Passthrough { count, .. }) => {
+                *count = count.saturating_sub(1);
+                *count == 0
+            }
+            None => false,
+        };
+        if last {
+            modes.remove(&ino.0);
+        }
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.reader.manifest().getattr(ino.0) {
+            Ok(i) if i.kind == FileKind::Directory => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(image_errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        // Offsets: 0 ".", 1 "..", 2 + i the image's i-th entry; each entry carries the next offset.
+        let mut next = offset;
+        if next == 0 {
+            if reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            next = 1;
+        }
+        if next == 1 {
+            let parent = self
+                .names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&ino.0)
+                .map(|(p, _)| *p)
+                .unwrap_or(ino.0);
+            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            next = 2;
+        }
+        let entries = match self.reader.manifest().readdir(ino.0, next - 2) {
+            Ok(e) => e,
+            Err(e) => return reply.error(image_errno(&e)),
+        };
+        for entry in entries {
+            next += 1;
+            if reply.add(
+                INodeNo(entry.ino),
+                next,
+                file_type(entry.kind),
+                OsStr::from_bytes(&entry.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.reader.manifest().inode_count();
+        reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let attrs = match self.reader.manifest().xattrs(ino.0) {
+            Ok(a) => a,
+            Err(e) => return reply.error(image_errno(&e)),
+        };
+        match attrs.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) {
+            None => reply.error(Errno::from_i32(libc::ENODATA)),
+            Some((_, value)) => {
+                let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+                if size == 0 {
+                    reply.size(len);
+                } else if len > size {
+                    reply.error(Errno::from_i32(libc::ERANGE));
+                } else {
+                    reply.data(value);
+                }
+            }
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let attrs = match self.reader.manifest().xattrs(ino.0) {
+            Ok(a) => a,
+            Err(e) => return reply.error(image_errno(&e)),
+        };
+        let mut list = Vec::new();
+        for (k, _) in &attrs {
+            list.extend_from_slice(k);
+            list.push(0);
+        }
+        let len = u32::try_from(list.len()).unwrap_or(u32::MAX);
+        if size == 0 {
+            reply.size(len);
+        } else if len > size {
+            reply.error(Errno::from_i32(libc::ERANGE));
+        } else {
+            reply.data(&list);
+        }
+    }
+}

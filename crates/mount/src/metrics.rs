@@ -1,0 +1,224 @@
+//! Prometheus metrics of the read path, and a tiny HTTP listener serving them in the text format.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Every metric the mount keeps. Counters are cheap atomics; share with `Arc`.
+pub struct Metrics {
+    /// Chunks fetched from a store (after verification).
+    pub chunks_fetched: Counter,
+    /// Stored (encoded) bytes fetched from stores.
+    pub bytes_fetched: Counter,
+    /// Chunk reads answered by the host cache or the in-memory cache.
+    pub cache_hits: Counter,
+    /// Chunk reads that had to go to a store.
+    pub cache_misses: Counter,
+    /// Bytes returned to readers of the filesystem.
+    pub bytes_read: Counter,
+    /// Store requests that failed (each retry counts).
+    pub store_errors: Counter,
+    /// Chunks whose stored bytes failed verification.
+    pub corrupt_chunks: Counter,
+    /// Reads answered with an I/O error.
+    pub read_errors: Counter,
+    /// Opens served with FUSE passthrough from an assembled local file.
+    pub passthrough_opens: Counter,
+    /// Chunks requested by readahead.
+    pub readahead_chunks: Counter,
+    /// Store requests in flight.
+    pub fetches_in_flight: Gauge,
+    /// Latency of one store request (a batch of chunks), in seconds.
+    pub fetch_latency_seconds: Histogram,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("chunks_fetched", &self.chunks_fetched.get())
+            .field("cache_hits", &self.cache_hits.get())
+            .field("cache_misses", &self.cache_misses.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics registered under the `thinnode_mount` prefix.
+    pub fn new() -> Self {
+        let chunks_fetched = Counter::default();
+        let bytes_fetched = Counter::default();
+        let cache_hits = Counter::default();
+        let cache_misses = Counter::default();
+        let bytes_read = Counter::default();
+        let store_errors = Counter::default();
+        let corrupt_chunks = Counter::default();
+        let read_errors = Counter::default();
+        let passthrough_opens = Counter::default();
+        let readahead_chunks = Counter::default();
+        let fetches_in_flight = Gauge::default();
+        let fetch_latency_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let mut registry = Registry::with_prefix("thinnode_mount");
+        registry.register(
+            "chunks_fetched",
+            "Chunks fetched from a store and verified",
+            chunks_fetched.clone(),
+        );
+        registry.register(
+            "fetched_bytes",
+            "Stored bytes fetched from stores",
+            bytes_fetched.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "Chunk reads served from the cache",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Chunk reads that went to a store",
+            cache_misses.clone(),
+        );
+        registry.register(
+            "read_bytes",
+            "Bytes returned to filesystem readers",
+            bytes_read.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Failed store requests, retries included",
+            store_errors.clone(),
+        );
+        registry.register(
+            "corrupt_chunks",
+            "Chunks that failed verification",
+            corrupt_chunks.clone(),
+        );
+        registry.register(
+            "read_errors",
+            "Reads answered with EIO",
+            read_errors.clone(),
+        );
+        registry.register(
+            "passthrough_opens",
+            "Opens served by FUSE passthrough",
+            passthrough_opens.clone(),
+        );
+        registry.register(
+            "readahead_chunks",
+            "Chunks requested by readahead",
+            readahead_chunks.clone(),
+        );
+        registry.register(
+            "fetches_in_flight",
+            "Store requests in flight",
+            fetches_in_flight.clone(),
+        );
+        registry.register(
+            "fetch_latency_seconds",
+            "Latency of one store request",
+            fetch_latency_seconds.clone(),
+        );
+        Metrics {
+            chunks_fetched,
+            bytes_fetched,
+            cache_hits,
+            cache_misses,
+            bytes_read,
+            store_errors,
+            corrupt_chunks,
+            read_errors,
+            passthrough_opens,
+            readahead_chunks,
+            fetches_in_flight,
+            fetch_latency_seconds,
+            registry,
+        }
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `metrics` over HTTP on `addr` (any path) from a background thread. Returns the bound address.
+pub fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = answer(&metrics, stream) {
+                    tracing::debug!("metrics request failed: {e}");
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+fn answer(metrics: &Metrics, stream: TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    // Read the request head; the path does not matter.
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let body = metrics.render();
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        body
+    )?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn serves_text_format_over_http() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.cache_hits.inc_by(7);
+        metrics.fetch_latency_seconds.observe(0.01);
+        let addr =
+            serve(Arc::clone(&metrics), "127.0.0.1:0".parse().expect("addr")).expect("serve");
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        assert!(body.contains("thinnode_mount_cache_hits_total 7"), "{body}");
+        assert!(
+            body.contains("thinnode_mount_fetch_latency_seconds_count 1"),
+            "{body}"
+        );
+    }
+}
