@@ -255,7 +255,13 @@ impl Connection {
     /// Reads the next reply (blocking up to the I/O timeout per read).
     pub fn read_reply(&mut self) -> Result<Reply, StoreError> {
         loop {
-            if self.read_end > self.read_start {
+            let pending_len = self.read_end - self.read_start;
+            // Skip decoding while a bulk string is known to be incomplete.
+            if pending_len > 0
+                && self
+                    .pending_bulk_len()
+                    .is_none_or(|total| total <= pending_len)
+            {
                 let pending = self
                     .read_buf
                     .get(self.read_start..self.read_end)
@@ -280,6 +286,22 @@ impl Connection {
             }
             self.fill()?;
         }
+    }
+
+    /// When the pending bytes start with a bulk string header (`$<len>\r\n`), the total size of that
+    /// frame including header and trailing CRLF. Lets [`Connection::fill`] size its reads to the frame.
+    fn pending_bulk_len(&self) -> Option<usize> {
+        let pending = self.read_buf.get(self.read_start..self.read_end)?;
+        if pending.first() != Some(&b'$') {
+            return None;
+        }
+        let header = pending.get(..pending.len().min(MAX_HEADER_LINE))?;
+        let line_end = header.windows(2).position(|w| w == b"\r\n")?;
+        let len: usize = std::str::from_utf8(header.get(1..line_end)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(line_end + 2 + len + 2)
     }
 
     /// Reads the start of a reply expected to be an array, without waiting for its elements: the element
@@ -326,16 +348,22 @@ impl Connection {
         }
     }
 
-    /// Reads more bytes from the socket into the receive buffer.
+    /// Reads more bytes from the socket into the receive buffer, making room for the whole pending bulk
+    /// string when its size is known so that large values are neither re-decoded nor moved repeatedly.
     fn fill(&mut self) -> Result<(), StoreError> {
-        if self.read_buf.len() - self.read_end < READ_CHUNK {
+        let pending_len = self.read_end - self.read_start;
+        let frame_rest = self
+            .pending_bulk_len()
+            .map_or(0, |total| total.saturating_sub(pending_len));
+        let want_spare = READ_CHUNK.max(frame_rest);
+        if self.read_buf.len() - self.read_end < want_spare {
             if self.read_start > 0 {
                 self.read_buf.copy_within(self.read_start..self.read_end, 0);
-                self.read_end -= self.read_start;
+                self.read_end = pending_len;
                 self.read_start = 0;
             }
-            if self.read_buf.len() - self.read_end < READ_CHUNK {
-                let grown = (self.read_buf.len() * 2).max(self.read_end + READ_CHUNK);
+            if self.read_buf.len() - self.read_end < want_spare {
+                let grown = (self.read_buf.len() * 2).max(self.read_end + want_spare);
                 self.read_buf.resize(grown, 0);
             }
         }
