@@ -41,6 +41,14 @@ impl ZdbClient {
         Ok(client)
     }
 
+    /// A client with one connection already open (dialled, authenticated, namespace selected) but
+    /// without the extra PING of [`ZdbClient::connect`].
+    pub fn connect_without_ping(config: ZdbConfig) -> Result<Self, StoreError> {
+        let client = Self::new(config);
+        client.run(|_| Ok(()))?;
+        Ok(client)
+    }
+
     /// The configuration this client uses.
     pub fn config(&self) -> &ZdbConfig {
         &self.config

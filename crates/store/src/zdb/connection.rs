@@ -484,6 +484,10 @@ fn connect_any(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::zdb::ZdbClient;
+    use redis_protocol::resp2::types::OwnedFrame;
+    use std::net::TcpListener;
+    use std::thread::JoinHandle;
 
     #[test]
     fn secure_hash_is_sha1_of_challenge_colon_password() {
@@ -492,5 +496,141 @@ mod tests {
             secure_hash("abc", "pw"),
             "2137f79c88412ed50aafcc4e5d9e48cb1a212a5b"
         );
+    }
+
+    /// A scripted server on a real socket: for each step, reads one command, checks it equals the
+    /// expected arguments, and answers with the given raw bytes, written `chunk` bytes at a time.
+    fn scripted_server(
+        steps: Vec<(Vec<&'static [u8]>, &'static [u8])>,
+        chunk: usize,
+    ) -> (u16, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut received = Vec::new();
+            for (expected, reply) in steps {
+                let command = loop {
+                    if let Some((frame, used)) = decode(&received).unwrap() {
+                        received.drain(..used);
+                        break frame;
+                    }
+                    let mut buf = [0u8; 4096];
+                    let n = socket.read(&mut buf).unwrap();
+                    assert!(n > 0, "client hung up while {expected:?} was expected");
+                    received.extend_from_slice(&buf[..n]);
+                };
+                let args: Vec<Vec<u8>> = match command {
+                    OwnedFrame::Array(items) => items
+                        .into_iter()
+                        .map(|f| match f {
+                            OwnedFrame::BulkString(b) => b,
+                            other => panic!("argument sent as {other:?}"),
+                        })
+                        .collect(),
+                    other => panic!("command sent as {other:?}"),
+                };
+                let expected: Vec<Vec<u8>> = expected.iter().map(|a| a.to_vec()).collect();
+                assert_eq!(args, expected);
+                for piece in reply.chunks(chunk.max(1)) {
+                    socket.write_all(piece).unwrap();
+                    socket.flush().unwrap();
+                }
+            }
+        });
+        (port, handle)
+    }
+
+    fn config(port: u16) -> ZdbConfig {
+        let mut c = ZdbConfig::tcp("127.0.0.1", port, "ns1");
+        c.retries = 0;
+        c.io_timeout = Duration::from_secs(10);
+        c
+    }
+
+    #[test]
+    fn replies_split_into_single_bytes_are_reassembled() {
+        let (port, server) = scripted_server(
+            vec![
+                (vec![b"SELECT", b"ns1"], b"+OK\r\n"),
+                (vec![b"GET", b"k"], b"$5\r\nhe\r\no\r\n"),
+                (
+                    vec![b"MGET", b"a", b"b", b"c"],
+                    b"*3\r\n$1\r\nx\r\n$-1\r\n$0\r\n\r\n",
+                ),
+                (vec![b"EXISTS", b"k"], b":1\r\n"),
+            ],
+            1,
+        );
+        let client = ZdbClient::connect_without_ping(config(port)).unwrap();
+        assert_eq!(client.get(b"k").unwrap(), Some(b"he\r\no".to_vec()));
+        assert_eq!(
+            client.mget(&[b"a", b"b", b"c"]).unwrap(),
+            vec![Some(b"x".to_vec()), None, Some(Vec::new())]
+        );
+        assert!(client.exists(b"k").unwrap());
+        drop(client);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn an_error_element_inside_mget_fails_with_the_server_text() {
+        let (port, server) = scripted_server(
+            vec![
+                (vec![b"SELECT", b"ns1"], b"+OK\r\n"),
+                (
+                    vec![b"MGET", b"a", b"b"],
+                    b"*2\r\n$1\r\nx\r\n-Internal Error\r\n",
+                ),
+            ],
+            7,
+        );
+        let client = ZdbClient::connect_without_ping(config(port)).unwrap();
+        let err = client.mget(&[b"a", b"b"]).unwrap_err();
+        assert_eq!(err.server_message(), Some("Internal Error"));
+        assert!(!err.is_transient());
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn secure_select_answers_the_challenge() {
+        let (port, server) = scripted_server(
+            vec![
+                (vec![b"AUTH", b"SECURE", b"CHALLENGE"], b"+abc\r\n"),
+                (
+                    vec![
+                        b"SELECT",
+                        b"ns1",
+                        b"SECURE",
+                        b"2137f79c88412ed50aafcc4e5d9e48cb1a212a5b",
+                    ],
+                    b"+OK\r\n",
+                ),
+                (vec![b"SET", b"k", b"v"], b"$1\r\nk\r\n"),
+            ],
+            4096,
+        );
+        let mut c = config(port);
+        c.password = Some("pw".into());
+        c.secure_auth = true;
+        let client = ZdbClient::connect_without_ping(c).unwrap();
+        client.set(b"k", b"v").unwrap();
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_malformed_reply_is_a_protocol_error() {
+        let (port, server) = scripted_server(
+            vec![
+                (vec![b"SELECT", b"ns1"], b"+OK\r\n"),
+                (vec![b"GET", b"k"], b"?garbage\r\n"),
+            ],
+            4096,
+        );
+        let client = ZdbClient::connect_without_ping(config(port)).unwrap();
+        let err = client.get(b"k").unwrap_err();
+        assert!(matches!(err, StoreError::Protocol { .. }), "{err:?}");
+        assert!(!err.is_transient());
+        server.join().unwrap();
     }
 }
