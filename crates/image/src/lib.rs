@@ -7,7 +7,12 @@
 mod codec;
 mod format;
 mod keys;
+mod pack;
 mod reader;
+mod stats;
+mod tree;
+mod unpack;
+mod verify;
 mod writer;
 
 use std::path::PathBuf;
@@ -21,8 +26,12 @@ pub use keys::{
     generate_signing_key, read_signing_key, read_verifying_key, write_key_pair, write_signing_key,
     write_verifying_key,
 };
+pub use pack::{pack, PackOptions, PackProgress, PackSummary};
 pub use reader::ImageManifest;
+pub use stats::{image_stats, ImageStats};
 pub use store::ChunkId;
+pub use unpack::{unpack, UnpackOptions, UnpackSummary};
+pub use verify::{verify, ChunkProblem, VerifyOptions, VerifyReport};
 pub use writer::{ManifestBuilder, NewInode};
 
 /// An inode number inside an image: `1..=inode_count()`.

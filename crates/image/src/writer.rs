@@ -168,6 +168,16 @@ impl ManifestBuilder {
         i
     }
 
+    /// The chunk-table index of `id`, if already added.
+    pub fn chunk_index_of(&self, id: &ChunkId) -> Option<u32> {
+        self.chunk_index.get(id).copied()
+    }
+
+    /// Number of distinct chunks added.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
     /// Sets a regular file's chunks: one entry per `chunk_size` slice of the file, `None` for a hole,
     /// `Some(index)` from [`ManifestBuilder::add_chunk`].
     pub fn set_file_chunks(&mut self, ino: Ino, chunks: &[Option<u32>]) -> Result<(), ImageError> {
@@ -422,19 +432,26 @@ impl ManifestBuilder {
 
     /// Writes the manifest to `path` (atomically: a temporary file renamed into place).
     pub fn write(&self, path: &Path, signer: Option<&SigningKey>) -> Result<(), ImageError> {
-        let bytes = self.to_bytes(signer)?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| {
-            ImageError::io(format!("create a temporary file in {}", dir.display()), e)
-        })?;
-        tmp.write_all(&bytes)
-            .and_then(|_| tmp.as_file().sync_all())
-            .map_err(|e| ImageError::io(format!("write {}", path.display()), e))?;
-        tmp.persist(path)
-            .map_err(|e| ImageError::io(format!("rename into {}", path.display()), e.error))?;
-        Ok(())
+        write_atomically(path, &self.to_bytes(signer)?)
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, synced and renamed into place.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| ImageError::io(format!("create a temporary file in {}", dir.display()), e))?;
+    tmp.write_all(bytes)
+        .and_then(|_| {
+            tmp.as_file()
+                .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        })
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| ImageError::io(format!("write {}", path.display()), e))?;
+    tmp.persist(path)
+        .map_err(|e| ImageError::io(format!("rename into {}", path.display()), e.error))?;
+    Ok(())
 }

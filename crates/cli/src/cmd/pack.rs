@@ -1,10 +1,202 @@
-//! `thinnode pack`: turn a directory into an image.
+//! `thinnode pack`: turn a directory into an image, uploading only the chunks the store lacks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Arguments of `thinnode pack`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The directory to pack (a node's data directory).
+    dir: PathBuf,
+    /// Where chunks go: dir://PATH or zdb://[user:pass@]host[:port][/namespace].
+    #[arg(long, env = "THINNODE_STORE")]
+    store: String,
+    /// The image (manifest) file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Chunk size: 64K to 4M (suffixes K, M; default 1M).
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    chunk_size: u32,
+    /// zstd compression level for chunks.
+    #[arg(long, default_value_t = image::DEFAULT_ZSTD_LEVEL)]
+    level: i32,
+    /// Sign the manifest with this secret key (from `thinnode key gen`).
+    #[arg(long)]
+    sign: Option<PathBuf>,
+    /// A previous image of the same data whose chunks the store holds: their existence checks are skipped.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// A label KEY=VALUE recorded in the manifest (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Label shortcut: chain name.
+    #[arg(long)]
+    chain: Option<String>,
+    /// Label shortcut: block height.
+    #[arg(long)]
+    height: Option<u64>,
+    /// Label shortcut: block hash.
+    #[arg(long)]
+    block_hash: Option<String>,
+    /// Label shortcut: database type (rocksdb, paritydb, leveldb, ...).
+    #[arg(long)]
+    db_type: Option<String>,
+    /// Encoding threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses a byte size with an optional K/M suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let trimmed = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (num, mult) = if let Some(n) = trimmed.strip_suffix('k') {
+        (n, 1024u64)
+    } else if let Some(n) = trimmed.strip_suffix('m') {
+        (n, 1024 * 1024)
+    } else {
+        (trimmed, 1)
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a size: {s:?}"))?;
+    let v = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s:?}"))?;
+    let v = u32::try_from(v).map_err(|_| format!("size too large: {s:?}"))?;
+    if !(image::MIN_CHUNK_SIZE..=image::MAX_CHUNK_SIZE).contains(&v) {
+        return Err(format!("chunk size must be between 64K and 4M, got {s}"));
+    }
+    Ok(v)
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("label {s:?} has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Shows pack progress as a bar with bytes/s and ETA on stderr (hidden when stderr is not a terminal).
+struct Progress {
+    bar: ProgressBar,
+}
+
+impl image::PackProgress for Progress {
+    fn start(&self, total_bytes: u64, _files: u64) {
+        self.bar.set_length(total_bytes);
+        self.bar.reset_eta();
+    }
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+}
 
 /// Runs `thinnode pack`.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`thinnode pack` is not built yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let store = store::open(&args.store).with_context(|| "opening the store".to_string())?;
+    let signer = match &args.sign {
+        Some(p) => {
+            Some(image::read_signing_key(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    let mut labels = args.labels.clone();
+    let shortcuts = [
+        ("chain", args.chain.clone()),
+        ("height", args.height.map(|h| h.to_string())),
+        ("block_hash", args.block_hash.clone()),
+        ("db_type", args.db_type.clone()),
+    ];
+    for (k, v) in shortcuts {
+        if let Some(v) = v {
+            labels.push((k.to_string(), v));
+        }
+    }
+    let opts = image::PackOptions {
+        chunk_size: args.chunk_size,
+        zstd_level: args.level,
+        signer,
+        base: args.base.clone(),
+        labels,
+        threads: args.threads,
+        ..Default::default()
+    };
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let progress = Progress { bar };
+    let result = image::pack(&args.dir, store.as_ref(), &args.out, &opts, Some(&progress));
+    progress.bar.finish_and_clear();
+    let s = result.with_context(|| format!("packing {}", args.dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!("image:     {}", args.out.display());
+    println!("store:     {}", store.public_url());
+    println!(
+        "files:     {} regular, {} directories, {} symlinks, {} special, {} extra hardlinks",
+        s.files, s.directories, s.symlinks, s.special_files, s.hardlinks
+    );
+    println!(
+        "bytes:     {:.1} MiB logical, {:.1} MiB in holes",
+        mib(s.logical_bytes),
+        mib(s.hole_bytes)
+    );
+    println!(
+        "chunks:    {} total, {} unique, {} new, {} reused",
+        s.chunks_total, s.chunks_unique, s.chunks_new, s.chunks_reused
+    );
+    println!(
+        "uploaded:  {:.1} MiB of {:.1} MiB stored",
+        mib(s.bytes_uploaded),
+        mib(s.bytes_stored)
+    );
+    println!(
+        "elapsed:   {:.2} s ({:.0} MiB/s)",
+        s.elapsed_secs,
+        mib(s.logical_bytes) / s.elapsed_secs.max(1e-9)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_labels_parse() {
+        assert_eq!(parse_size("1M"), Ok(1024 * 1024));
+        assert_eq!(parse_size("64K"), Ok(64 * 1024));
+        assert_eq!(parse_size("4MiB"), Ok(4 * 1024 * 1024));
+        assert_eq!(parse_size("131072"), Ok(131072));
+        assert!(parse_size("8M").is_err());
+        assert!(parse_size("1K").is_err());
+        assert!(parse_size("abc").is_err());
+        assert_eq!(
+            parse_label("chain=polkadot"),
+            Ok(("chain".into(), "polkadot".into()))
+        );
+        assert_eq!(parse_label("k=a=b"), Ok(("k".into(), "a=b".into())));
+        assert!(parse_label("novalue").is_err());
+        assert!(parse_label("=x").is_err());
+    }
 }

@@ -1,0 +1,641 @@
+//! Packing a directory into an image: walk the tree, cut files into chunks, encode them on all cores,
+//! upload only the chunks the store lacks, and write the (optionally signed) manifest.
+//!
+//! Memory is bounded by a fixed number of chunks in flight (channel capacities), independent of file
+//! sizes.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use ed25519_dalek::SigningKey;
+use store::ChunkStore;
+
+use crate::codec::{encode_chunk, EncodedChunk};
+use crate::writer::{ManifestBuilder, NewInode};
+use crate::{
+    ChunkId, FileKind, ImageError, ImageManifest, Ino, XattrList, DEFAULT_CHUNK_SIZE,
+    DEFAULT_ZSTD_LEVEL, ROOT_INO,
+};
+
+/// Options of [`pack`].
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    /// Chunk size in bytes (64 KiB to 4 MiB).
+    pub chunk_size: u32,
+    /// zstd level for chunk compression.
+    pub zstd_level: i32,
+    /// Key to sign the manifest with.
+    pub signer: Option<SigningKey>,
+    /// A previous image whose chunks the store is known to hold: their ids skip the existence check.
+    pub base: Option<PathBuf>,
+    /// Free-form labels recorded in the manifest.
+    pub labels: Vec<(String, String)>,
+    /// Encoding threads (0: one per core).
+    pub threads: usize,
+    /// Threads uploading batches to the store.
+    pub upload_threads: usize,
+    /// Chunks per existence-check/upload batch.
+    pub batch_chunks: usize,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            signer: None,
+            base: None,
+            labels: Vec::new(),
+            threads: 0,
+            upload_threads: 4,
+            batch_chunks: 64,
+        }
+    }
+}
+
+/// Receives progress reports from [`pack`] (from several threads).
+pub trait PackProgress: Sync {
+    /// The walk is done: `total_bytes` of file content in `files` regular files will be processed.
+    fn start(&self, total_bytes: u64, files: u64);
+    /// `bytes` more of file content were processed.
+    fn advance(&self, bytes: u64);
+}
+
+/// What [`pack`] did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PackSummary {
+    /// Regular files (hardlinked files counted once).
+    pub files: u64,
+    /// Directories, including the root.
+    pub directories: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Device nodes, fifos and sockets.
+    pub special_files: u64,
+    /// Extra names of hardlinked files.
+    pub hardlinks: u64,
+    /// Sum of regular file sizes.
+    pub logical_bytes: u64,
+    /// Bytes in holes (sparse regions and all-zero chunks), not stored.
+    pub hole_bytes: u64,
+    /// Non-hole chunk slots across all files.
+    pub chunks_total: u64,
+    /// Distinct chunks in the image.
+    pub chunks_unique: u64,
+    /// Distinct chunks uploaded because the store lacked them.
+    pub chunks_new: u64,
+    /// Distinct chunks the store already held (or the base image listed).
+    pub chunks_reused: u64,
+    /// Stored bytes uploaded.
+    pub bytes_uploaded: u64,
+    /// Stored bytes of all distinct chunks.
+    pub bytes_stored: u64,
+    /// Size of the written manifest.
+    pub manifest_bytes: u64,
+    /// Wall-clock seconds.
+    pub elapsed_secs: f64,
+}
+
+/// A regular file whose content still has to be chunked.
+struct FileToChunk {
+    ino: Ino,
+    path: PathBuf,
+    size: u64,
+}
+
+/// One chunk to read and encode.
+struct ChunkJob {
+    file_idx: usize,
+    chunk_idx: u64,
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+}
+
+/// The result of one chunk job: `None` when the chunk is all zeros (recorded as a hole).
+struct ChunkDone {
+    file_idx: usize,
+    chunk_idx: u64,
+    encoded: Option<EncodedChunk>,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> ImageError {
+    ImageError::io(format!("{what} {}", path.display()), e)
+}
+
+fn read_xattrs(path: &Path) -> Result<XattrList, ImageError> {
+    let names = match xattr::list(path) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("list xattrs of", path, e)),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        match xattr::get(path, &name) {
+            Ok(Some(v)) => out.push((name.as_bytes().to_vec(), v)),
+            Ok(None) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(io_err("read xattr of", path, e)),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn attrs_of(meta: &fs::Metadata, kind: FileKind) -> NewInode {
+    NewInode {
+        kind,
+        perm: (meta.mode() & 0o7777) as u16,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size: if kind == FileKind::Regular {
+            meta.size()
+        } else {
+            0
+        },
+        mtime_sec: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+        rdev: meta.rdev(),
+    }
+}
+
+fn kind_of(ft: &fs::FileType) -> Option<FileKind> {
+    use std::os::unix::fs::FileTypeExt;
+    Some(if ft.is_dir() {
+        FileKind::Directory
+    } else if ft.is_file() {
+        FileKind::Regular
+    } else if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_char_device() {
+        FileKind::CharDevice
+    } else if ft.is_block_device() {
+        FileKind::BlockDevice
+    } else if ft.is_fifo() {
+        FileKind::Fifo
+    } else if ft.is_socket() {
+        FileKind::Socket
+    } else {
+        return None;
+    })
+}
+
+/// Walks `src` into `builder`; returns the regular files to chunk.
+fn walk(
+    src: &Path,
+    builder: &mut ManifestBuilder,
+    summary: &mut PackSummary,
+) -> Result<Vec<FileToChunk>, ImageError> {
+    let mut files = Vec::new();
+    let mut hardlinks: HashMap<(u64, u64), Ino> = HashMap::new();
+    builder.set_xattrs(ROOT_INO, read_xattrs(src)?)?;
+    summary.directories += 1;
+    let mut stack: Vec<(PathBuf, Ino)> = vec![(src.to_path_buf(), ROOT_INO)];
+    while let Some((dir, dir_ino)) = stack.pop() {
+        let rd = fs::read_dir(&dir).map_err(|e| io_err("read directory", &dir, e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| io_err("read directory", &dir, e))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let meta = fs::symlink_metadata(&path).map_err(|e| io_err("stat", &path, e))?;
+            let kind = kind_of(&meta.file_type()).ok_or_else(|| {
+                ImageError::Invalid(format!("{}: unsupported file type", path.display()))
+            })?;
+            if kind != FileKind::Directory && meta.nlink() > 1 {
+                if let Some(&ino) = hardlinks.get(&(meta.dev(), meta.ino())) {
+                    builder.add_entry(dir_ino, name.as_bytes(), ino)?;
+                    summary.hardlinks += 1;
+                    continue;
+                }
+            }
+            let ino = builder.add_inode(attrs_of(&meta, kind));
+            builder.add_entry(dir_ino, name.as_bytes(), ino)?;
+            if kind != FileKind::Directory && meta.nlink() > 1 {
+                hardlinks.insert((meta.dev(), meta.ino()), ino);
+            }
+            builder.set_xattrs(ino, read_xattrs(&path)?)?;
+            match kind {
+                FileKind::Directory => {
+                    summary.directories += 1;
+                    stack.push((path, ino));
+                }
+                FileKind::Regular => {
+                    summary.files += 1;
+                    summary.logical_bytes += meta.size();
+                    files.push(FileToChunk {
+                        ino,
+                        path,
+                        size: meta.size(),
+                    });
+                }
+                FileKind::Symlink => {
+                    summary.symlinks += 1;
+                    let target = fs::read_link(&path).map_err(|e| io_err("read link", &path, e))?;
+                    builder.set_symlink_target(ino, target.as_os_str().as_bytes())?;
+                }
+                _ => summary.special_files += 1,
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Data extents `[start, end)` of an open file via SEEK_DATA/SEEK_HOLE; the whole file when the
+/// filesystem does not support them.
+fn data_extents(file: &File, size: u64) -> Vec<(u64, u64)> {
+    use nix::unistd::{lseek, Whence};
+    let mut out = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < size {
+        let start = match lseek(file, pos as i64, Whence::SeekData) {
+            Ok(s) => s as u64,
+            // No more data after `pos`.
+            Err(nix::errno::Errno::ENXIO) => break,
+            // SEEK_DATA unsupported: treat everything as data.
+            Err(_) => return vec![(0, size)],
+        };
+        if start >= size {
+            break;
+        }
+        let end = match lseek(file, start as i64, Whence::SeekHole) {
+            Ok(e) => (e as u64).min(size),
+            Err(_) => size,
+        };
+        if end <= start {
+            return vec![(0, size)];
+        }
+        out.push((start, end));
+        pos = end;
+    }
+    out
+}
+
+fn is_all_zero(buf: &[u8]) -> bool {
+    let mut words = buf.chunks_exact(16);
+    let mut acc = 0u128;
+    for w in words.by_ref() {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(w);
+        acc |= u128::from_ne_bytes(a);
+    }
+    acc == 0 && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// A batch of new chunks to check and upload.
+type UploadBatch = Vec<(ChunkId, Vec<u8>)>;
+
+#[derive(Default)]
+struct UploadCounts {
+    chunks_new: u64,
+    bytes_uploaded: u64,
+}
+
+fn upload_batch(store: &dyn ChunkStore, batch: &UploadBatch) -> Result<UploadCounts, ImageError> {
+    let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
+    let present = store.has_many(&ids)?;
+    if present.len() != ids.len() {
+        return Err(ImageError::Invalid(format!(
+            "store answered {} existence checks for {} ids",
+            present.len(),
+            ids.len()
+        )));
+    }
+    let missing: Vec<(ChunkId, &[u8])> = batch
+        .iter()
+        .zip(&present)
+        .filter(|(_, p)| !**p)
+        .map(|((id, data), _)| (*id, data.as_slice()))
+        .collect();
+    let counts = UploadCounts {
+        chunks_new: missing.len() as u64,
+        bytes_uploaded: missing.iter().map(|(_, d)| d.len() as u64).sum(),
+    };
+    if !missing.is_empty() {
+        store.put_many(&missing)?;
+    }
+    Ok(counts)
+}
+
+/// Records the first error and tells every thread to stop.
+struct Failure {
+    abort: AtomicBool,
+    error: Mutex<Option<ImageError>>,
+}
+
+impl Failure {
+    fn set(&self, e: ImageError) {
+        if let Ok(mut slot) = self.error.lock() {
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+        }
+        self.abort.store(true, Ordering::SeqCst);
+    }
+    fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+}
+
+/// Packs directory `src` into the image `out`, uploading chunks to `store`.
+pub fn pack(
+    src: &Path,
+    store: &dyn ChunkStore,
+    out: &Path,
+    opts: &PackOptions,
+    progress: Option<&dyn PackProgress>,
+) -> Result<PackSummary, ImageError> {
+    let started = Instant::now();
+    let root_meta = fs::symlink_metadata(src).map_err(|e| io_err("stat", src, e))?;
+    if !root_meta.is_dir() {
+        return Err(ImageError::Invalid(format!(
+            "{} is not a directory",
+            src.display()
+        )));
+    }
+    let mut builder =
+        ManifestBuilder::new(opts.chunk_size, attrs_of(&root_meta, FileKind::Directory))?;
+    builder.add_store(&store.public_url());
+    for (k, v) in &opts.labels {
+        builder.add_label(k, v);
+    }
+    let base_ids: HashSet<ChunkId> = match &opts.base {
+        Some(p) => {
+            let base = ImageManifest::open(p)?;
+            (0..base.unique_chunk_count())
+                .map(|i| base.unique_chunk(i as u32).map(|c| c.id))
+                .collect::<Result<_, _>>()?
+        }
+        None => HashSet::new(),
+    };
+
+    let mut summary = PackSummary::default();
+    let files = walk(src, &mut builder, &mut summary)?;
+    if let Some(p) = progress {
+        p.start(summary.logical_bytes, summary.files);
+    }
+
+    let cs = u64::from(opts.chunk_size);
+    let mut slots: Vec<Vec<Option<u32>>> = files
+        .iter()
+        .map(|f| vec![None; f.size.div_ceil(cs) as usize])
+        .collect();
+
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    let upload_threads = opts.upload_threads.max(1);
+    let batch_chunks = opts.batch_chunks.max(1);
+    let failure = Failure {
+        abort: AtomicBool::new(false),
+        error: Mutex::new(None),
+    };
+    let (job_tx, job_rx) = bounded::<ChunkJob>(threads * 2);
+    let (done_tx, done_rx) = bounded::<ChunkDone>(threads * 2);
+    let (batch_tx, batch_rx) = bounded::<UploadBatch>(upload_threads);
+    let upload_totals = Mutex::new(UploadCounts::default());
+
+    std::thread::scope(|scope| {
+        // Producer: opens files, finds holes, hands out chunk jobs.
+        let failure_ref = &failure;
+        let files_ref = &files;
+        scope.spawn(move || {
+            produce_jobs(files_ref, cs, job_tx, failure_ref, progress);
+        });
+        // Encoders.
+        for _ in 0..threads {
+            let job_rx: Receiver<ChunkJob> = job_rx.clone();
+            let done_tx: Sender<ChunkDone> = done_tx.clone();
+            let failure = &failure;
+            let level = opts.zstd_level;
+            scope.spawn(move || {
+                let mut buf = Vec::new();
+                for job in job_rx {
+                    if failure.aborted() {
+                        continue;
+                    }
+                    match encode_job(&job, level, &mut buf, files_ref) {
+                        Ok(encoded) => {
+                            if let Some(p) = progress {
+                                p.advance(job.len as u64);
+                            }
+                            let done = ChunkDone {
+                                file_idx: job.file_idx,
+                                chunk_idx: job.chunk_idx,
+                                encoded,
+                            };
+                            if done_tx.send(done).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => failure.set(e),
+                    }
+                }
+            });
+        }
+        drop(job_rx);
+        drop(done_tx);
+        // Uploaders.
+        for _ in 0..upload_threads {
+            let batch_rx = batch_rx.clone();
+            let failure = &failure;
+            let totals = &upload_totals;
+            scope.spawn(move || {
+                for batch in batch_rx {
+                    if failure.aborted() {
+                        continue;
+                    }
+                    match upload_batch(store, &batch) {
+                        Ok(c) => {
+                            if let Ok(mut t) = totals.lock() {
+                                t.chunks_new += c.chunks_new;
+                                t.bytes_uploaded += c.bytes_uploaded;
+                            }
+                        }
+                        Err(e) => failure.set(e),
+                    }
+                }
+            });
+        }
+        drop(batch_rx);
+        // Collector (this thread): dedup, record chunk refs, form upload batches.
+        let mut pending: UploadBatch = Vec::with_capacity(batch_chunks);
+        for done in done_rx {
+            let Some(file_slots) = slots.get_mut(done.file_idx) else {
+                continue;
+            };
+            let Some(slot) = file_slots.get_mut(done.chunk_idx as usize) else {
+                continue;
+            };
+            let Some(enc) = done.encoded else {
+                continue;
+            };
+            summary.chunks_total += 1;
+            let id = enc.chunk_ref.id;
+            if let Some(i) = builder.chunk_index_of(&id) {
+                *slot = Some(i);
+                continue;
+            }
+            *slot = Some(builder.add_chunk(enc.chunk_ref));
+            summary.bytes_stored += u64::from(enc.chunk_ref.stored_len);
+            if base_ids.contains(&id) {
+                continue;
+            }
+            pending.push((id, enc.stored));
+            if pending.len() >= batch_chunks {
+                let batch = std::mem::replace(&mut pending, Vec::with_capacity(batch_chunks));
+                if batch_tx.send(batch).is_err() {
+                    break;
+                }
+            }
+        }
+        if !pending.is_empty() && !failure.aborted() {
+            let _ = batch_tx.send(pending);
+        }
+        drop(batch_tx);
+    });
+
+    if let Some(e) = failure.error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    for (f, s) in files.iter().zip(&slots) {
+        builder.set_file_chunks(f.ino, s)?;
+        let holes = s.iter().enumerate().filter(|(_, c)| c.is_none());
+        summary.hole_bytes += holes
+            .map(|(i, _)| (f.size - i as u64 * cs).min(cs))
+            .sum::<u64>();
+    }
+    let totals = upload_totals.into_inner().unwrap_or_default();
+    summary.chunks_unique = builder.chunk_count() as u64;
+    summary.chunks_new = totals.chunks_new;
+    summary.chunks_reused = summary.chunks_unique - totals.chunks_new.min(summary.chunks_unique);
+    summary.bytes_uploaded = totals.bytes_uploaded;
+    let bytes = builder.to_bytes(opts.signer.as_ref())?;
+    summary.manifest_bytes = bytes.len() as u64;
+    crate::writer::write_atomically(out, &bytes)?;
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn produce_jobs(
+    files: &[FileToChunk],
+    cs: u64,
+    job_tx: Sender<ChunkJob>,
+    failure: &Failure,
+    progress: Option<&dyn PackProgress>,
+) {
+    for (file_idx, f) in files.iter().enumerate() {
+        if failure.aborted() {
+            return;
+        }
+        if f.size == 0 {
+            continue;
+        }
+        let file = match File::open(&f.path) {
+            Ok(file) => Arc::new(file),
+            Err(e) => return failure.set(io_err("open", &f.path, e)),
+        };
+        let extents = data_extents(&file, f.size);
+        let mut ext = extents.iter().peekable();
+        let chunk_count = f.size.div_ceil(cs);
+        for chunk_idx in 0..chunk_count {
+            let offset = chunk_idx * cs;
+            let end = (offset + cs).min(f.size);
+            while ext.peek().is_some_and(|(_, e)| *e <= offset) {
+                ext.next();
+            }
+            let has_data = ext.peek().is_some_and(|(s, _)| *s < end);
+            if !has_data {
+                if let Some(p) = progress {
+                    p.advance(end - offset);
+                }
+                continue;
+            }
+            let job = ChunkJob {
+                file_idx,
+                chunk_idx,
+                file: Arc::clone(&file),
+                offset,
+                len: (end - offset) as usize,
+            };
+            if job_tx.send(job).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn encode_job(
+    job: &ChunkJob,
+    level: i32,
+    buf: &mut Vec<u8>,
+    files: &[FileToChunk],
+) -> Result<Option<EncodedChunk>, ImageError> {
+    buf.resize(job.len, 0);
+    let path = files
+        .get(job.file_idx)
+        .map(|f| f.path.as_path())
+        .unwrap_or(Path::new("?"));
+    let mut filled = 0;
+    while filled < job.len {
+        let n = job
+            .file
+            .read_at(&mut buf[filled..], job.offset + filled as u64)
+            .map_err(|e| io_err("read", path, e))?;
+        if n == 0 {
+            return Err(ImageError::Invalid(format!(
+                "{} shrank while being packed",
+                path.display()
+            )));
+        }
+        filled += n;
+    }
+    if is_all_zero(buf) {
+        return Ok(None);
+    }
+    encode_chunk(buf, level).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_all_zero(&[0u8; 1000]));
+        let mut v = vec![0u8; 1001];
+        v[1000] = 1;
+        assert!(!is_all_zero(&v));
+        v[1000] = 0;
+        v[3] = 9;
+        assert!(!is_all_zero(&v));
+        assert!(is_all_zero(&[]));
+    }
+
+    #[test]
+    fn extents_of_sparse_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let f = File::create(&path).unwrap();
+        f.write_at(b"hello", 0).unwrap();
+        f.write_at(b"world", 10 << 20).unwrap();
+        f.set_len(20 << 20).unwrap();
+        let size = 20 << 20;
+        let ext = data_extents(&f, size);
+        assert!(!ext.is_empty());
+        let covered: u64 = ext.iter().map(|(s, e)| e - s).sum();
+        assert!(ext.iter().any(|(s, e)| *s <= 10 << 20 && *e > 10 << 20));
+        // tmpfs/ext4/xfs/btrfs all report the 10 MiB gap as a hole.
+        assert!(covered < size, "no hole found: {ext:?}");
+    }
+}
