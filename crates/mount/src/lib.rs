@@ -20,6 +20,7 @@ pub mod hydrate;
 pub mod metrics;
 pub mod stores;
 pub mod trace;
+pub mod units;
 
 pub use cache::{CacheConfig, HostCache};
 pub use daemon::{MountConfig, MountError, MountedImage};
