@@ -1,10 +1,10 @@
-//! `thinnode zdb`: the 0-db compatible server.
+//! `thinnode zdb`: the 0-db compatible server (same flags as 0-db; see the `zdb` crate).
 
-/// Arguments of `thinnode zdb`.
-#[derive(clap::Args)]
-pub struct Args {}
+pub use zdb::ServerArgs as Args;
 
-/// Runs the server until it is stopped.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("the zdb server is not built yet")
+/// Runs the server until SIGTERM/SIGINT.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    zdb::init_logging(args.verbose);
+    zdb::run(args)?;
+    Ok(())
 }

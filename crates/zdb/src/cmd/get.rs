@@ -1,0 +1,50 @@
+//! GET `<key>`: the value, or nil.
+
+use bytes::BufMut;
+
+use super::{Ctx, Outcome};
+use crate::namespace::MAX_KEY_LEN;
+use crate::protocol;
+
+/// Appends the value of `key` (or nil) to the reply; the payload is read straight into the buffer.
+pub fn reply_value(ctx: &mut Ctx<'_>, key: &[u8]) {
+    let Some(entry) = ctx.session.ns.get_entry(key) else {
+        protocol::nil(ctx.out);
+        return;
+    };
+    let len = entry.length as usize;
+    let mark = ctx.out.len();
+    ctx.out.reserve(len + 24);
+    protocol::bulk_header(ctx.out, len);
+    let start = ctx.out.len();
+    ctx.out.resize(start + len, 0);
+    match ctx
+        .session
+        .ns
+        .read_payload(key.len(), &entry, &mut ctx.out[start..start + len])
+    {
+        Ok(()) => ctx.out.put_slice(b"\r\n"),
+        Err(e) => {
+            tracing::error!(namespace = %ctx.session.ns.name, "cannot read payload: {e}");
+            ctx.out.truncate(mark);
+            ctx.error("Internal Error");
+        }
+    }
+}
+
+/// Runs GET.
+pub fn run(ctx: &mut Ctx<'_>) -> Outcome {
+    if !ctx.args_exact(2, false) {
+        return Outcome::Done;
+    }
+    if ctx.args[1].len() > MAX_KEY_LEN {
+        ctx.error("Invalid key");
+        return Outcome::Done;
+    }
+    if ctx.refuse_if_frozen() {
+        return Outcome::Done;
+    }
+    let key = ctx.args[1];
+    reply_value(ctx, key);
+    Outcome::Done
+}
