@@ -38,12 +38,17 @@ pub fn encode_chunk(plain: &[u8], level: i32) -> Result<EncodedChunk, ImageError
     let plain_len = u32::try_from(plain.len())
         .map_err(|_| ImageError::Invalid(format!("chunk of {} bytes is too large", plain.len())))?;
     let key = chunk_key(plain);
-    let compressed = zstd::bulk::compress(plain, level)
-        .map_err(|e| ImageError::Invalid(format!("zstd compression failed: {e}")))?;
-    let (mut buf, is_compressed) = if compressed.len() < plain.len() {
-        (compressed, true)
+    let compressed = if looks_incompressible(plain, level)? {
+        None
     } else {
-        (plain.to_vec(), false)
+        Some(
+            zstd::bulk::compress(plain, level)
+                .map_err(|e| ImageError::Invalid(format!("zstd compression failed: {e}")))?,
+        )
+    };
+    let (mut buf, is_compressed) = match compressed {
+        Some(c) if c.len() < plain.len() => (c, true),
+        _ => (plain.to_vec(), false),
     };
     buf.reserve_exact(TAG_LEN);
     let cipher = Aes256Gcm::new(&key.into());
@@ -62,6 +67,24 @@ pub fn encode_chunk(plain: &[u8], level: i32) -> Result<EncodedChunk, ImageError
         },
         stored: buf,
     })
+}
+
+/// Chunks at least this long are probed before being compressed.
+const PROBE_MIN_LEN: usize = 128 * 1024;
+/// Length of the probe taken from the start of a chunk.
+const PROBE_LEN: usize = 32 * 1024;
+
+/// Whether compressing `plain` is not worth it: for chunks of 128 KiB or more, the first 32 KiB are
+/// compressed and the chunk is stored uncompressed when they shrink by less than 1/32 (random data,
+/// already-compressed blocks). Deterministic in `plain`, so equal chunks still encode equally.
+fn looks_incompressible(plain: &[u8], level: i32) -> Result<bool, ImageError> {
+    if plain.len() < PROBE_MIN_LEN {
+        return Ok(false);
+    }
+    let probe = plain.get(..PROBE_LEN).unwrap_or(plain);
+    let c = zstd::bulk::compress(probe, level)
+        .map_err(|e| ImageError::Invalid(format!("zstd compression failed: {e}")))?;
+    Ok(c.len() > probe.len() - probe.len() / 32)
 }
 
 /// Verifies and decodes one stored object: checks `ChunkId::of(stored) == r.id`, decrypts (AEAD tag),
@@ -121,6 +144,21 @@ mod tests {
         assert!(!enc.chunk_ref.compressed);
         assert_eq!(enc.stored.len(), random.len() + TAG_LEN);
         assert_eq!(decode_chunk(&enc.chunk_ref, &enc.stored).unwrap(), random);
+    }
+
+    #[test]
+    fn probe_skips_random_but_not_compressible_chunks() {
+        let mut random = vec![0u8; 1 << 20];
+        rand::Rng::fill(&mut rand::rng(), &mut random[..]);
+        assert!(looks_incompressible(&random, 1).unwrap());
+        let text = b"state trie node ".repeat(65536);
+        assert!(!looks_incompressible(&text, 1).unwrap());
+        // Random head, compressible tail: stored uncompressed, still round-trips.
+        let mut mixed = random[..PROBE_LEN].to_vec();
+        mixed.extend_from_slice(&text[..(1 << 20) - PROBE_LEN]);
+        let enc = encode_chunk(&mixed, 1).unwrap();
+        assert!(!enc.chunk_ref.compressed);
+        assert_eq!(decode_chunk(&enc.chunk_ref, &enc.stored).unwrap(), mixed);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Packing a directory into an image: walk the tree, cut files into chunks, encode them on all cores,
 //! upload only the chunks the store lacks, and write the (optionally signed) manifest.
 //!
-//! Memory is bounded by a fixed number of chunks in flight (channel capacities), independent of file
-//! sizes.
+//! Memory is bounded by a fixed number of chunks in flight, independent of file sizes: 2 per encoding
+//! thread queued for encoding, 2 per encoding thread encoded and waiting, one being encoded per thread, and
+//! at most `2 × upload_threads + 1` upload batches of ≤ `batch_bytes` (queued, uploading, filling).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -41,8 +42,10 @@ pub struct PackOptions {
     pub threads: usize,
     /// Threads uploading batches to the store.
     pub upload_threads: usize,
-    /// Chunks per existence-check/upload batch.
+    /// Chunks per existence-check/upload batch (at most).
     pub batch_chunks: usize,
+    /// Stored bytes per upload batch (at most, give or take one chunk).
+    pub batch_bytes: usize,
 }
 
 impl Default for PackOptions {
@@ -56,6 +59,7 @@ impl Default for PackOptions {
             threads: 0,
             upload_threads: 4,
             batch_chunks: 64,
+            batch_bytes: 16 << 20,
         }
     }
 }
@@ -470,6 +474,7 @@ pub fn pack(
         drop(batch_rx);
         // Collector (this thread): dedup, record chunk refs, form upload batches.
         let mut pending: UploadBatch = Vec::with_capacity(batch_chunks);
+        let mut pending_bytes = 0usize;
         for done in done_rx {
             let Some(file_slots) = slots.get_mut(done.file_idx) else {
                 continue;
@@ -491,8 +496,10 @@ pub fn pack(
             if base_ids.contains(&id) {
                 continue;
             }
+            pending_bytes += enc.stored.len();
             pending.push((id, enc.stored));
-            if pending.len() >= batch_chunks {
+            if pending.len() >= batch_chunks || pending_bytes >= opts.batch_bytes {
+                pending_bytes = 0;
                 let batch = std::mem::replace(&mut pending, Vec::with_capacity(batch_chunks));
                 if batch_tx.send(batch).is_err() {
                     break;
