@@ -182,9 +182,13 @@ fn remove_record(mountpoint: &Path, pid: u32) {
     }
 }
 
-/// Whether `path` is a dead FUSE mount ("Transport endpoint is not connected").
+/// Whether `path` is a dead FUSE mount ("Transport endpoint is not connected"). Uses `statfs`, which
+/// always reaches the filesystem (a `stat` may be answered from attributes the kernel cached).
 pub fn is_stale_mount(path: &Path) -> bool {
-    matches!(fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+    matches!(
+        nix::sys::statfs::statfs(path),
+        Err(nix::errno::Errno::ENOTCONN)
+    )
 }
 
 /// Whether something is mounted at `path` (its device differs from its parent's).

@@ -1,0 +1,809 @@
+//! End-to-end tests of `thinnode mount`, `umount` and `hydrate`: real images packed by `thinnode pack`
+//! into our zdb server or a dir store, mounted through the real FUSE kernel interface.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, RngCore, SeedableRng};
+use testkit::{fuse_available, ChildGuard, ZdbProcess};
+
+const BIN: &str = env!("CARGO_BIN_EXE_thinnode");
+const CHUNK: u64 = 128 * 1024;
+
+/// Builds a source tree exercising every kind of content the mount must reproduce.
+fn make_tree(root: &Path) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    fs::create_dir_all(root.join("db/sst")).expect("mkdir");
+    fs::create_dir_all(root.join("empty_dir")).expect("mkdir");
+    let mut big = vec![0u8; (5 * CHUNK + 12_345) as usize];
+    rng.fill_bytes(&mut big);
+    fs::write(root.join("db/big.bin"), &big).expect("write");
+    // Repeated content: dedups to shared chunks.
+    let block = vec![0xabu8; CHUNK as usize];
+    let mut rep = Vec::new();
+    for _ in 0..3 {
+        rep.extend_from_slice(&block);
+    }
+    fs::write(root.join("db/repeated.bin"), &rep).expect("write");
+    for i in 0..20 {
+        let mut small = vec![0u8; rng.random_range(0..5000)];
+        rng.fill_bytes(&mut small);
+        fs::write(root.join(format!("db/sst/{i:04}.sst")), &small).expect("write");
+    }
+    fs::write(root.join("empty"), b"").expect("write");
+    // A sparse file: data, a hole of several chunks, data.
+    let sparse = File::create(root.join("sparse.bin")).expect("create");
+    sparse.write_all_at(b"head", 0).expect("write");
+    sparse.write_all_at(b"tail", 6 * CHUNK + 10).expect("write");
+    drop(sparse);
+    fs::write(root.join("victim.bin"), {
+        let mut v = vec![0u8; (2 * CHUNK) as usize];
+        rng.fill_bytes(&mut v);
+        v
+    })
+    .expect("write");
+    std::os::unix::fs::symlink("db/big.bin", root.join("link")).expect("symlink");
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).expect("symlink");
+    fs::hard_link(root.join("db/big.bin"), root.join("big-hardlink.bin")).expect("hardlink");
+    fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o640)).expect("chmod");
+    xattr::set(root.join("db/big.bin"), "user.thinnode.test", b"value-1").expect("xattr");
+    xattr::set(root.join("db"), "user.dir", b"d").expect("xattr");
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("run thinnode");
+    assert!(
+        out.status.success(),
+        "thinnode {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn pack(src: &Path, store: &str, out: &Path) {
+    run_ok(&[
+        "pack",
+        src.to_str().expect("utf8"),
+        "--store",
+        store,
+        "--out",
+        out.to_str().expect("utf8"),
+        "--chunk-size",
+        "128K",
+    ]);
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    let parent = mnt.parent().expect("parent");
+    match (fs::metadata(mnt), fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        (Err(e), _) => e.raw_os_error() == Some(libc::ENOTCONN),
+        _ => false,
+    }
+}
+
+/// Whether the mount at `mnt` lost its daemon (statfs always reaches the filesystem; stat may be cached).
+fn is_stale(mnt: &Path) -> bool {
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).expect("path");
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
+}
+
+fn force_unmount(mnt: &Path) {
+    if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A foreground `thinnode mount` child; SIGTERMed (and the mount detached if still there) on drop.
+struct Mounted {
+    child: ChildGuard,
+    mnt: PathBuf,
+    metrics: SocketAddr,
+    log: PathBuf,
+}
+
+impl Mounted {
+    fn start(image: &Path, mnt: &Path, cache: &Path, extra: &[&str]) -> Mounted {
+        fs::create_dir_all(mnt).expect("mkdir mnt");
+        let metrics: SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
+            .parse()
+            .expect("addr");
+        let log = mnt.with_extension("log");
+        let log_file = File::create(&log).expect("log");
+        let child = Command::new(BIN)
+            .arg("mount")
+            .arg(image)
+            .arg(mnt)
+            .arg("--cache")
+            .arg(cache)
+            .arg("--metrics")
+            .arg(metrics.to_string())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("spawn mount");
+        let mut m = Mounted {
+            child: ChildGuard::new(child),
+            mnt: mnt.to_path_buf(),
+            metrics,
+            log,
+        };
+        let start = Instant::now();
+        // Foreground mode logs "ready in" once the mount answers (the mountpoint may still hold a stale
+        // mount before that, which looks mounted to stat).
+        while !(m.log_text().contains("ready in") && is_mounted(mnt) && !is_stale(mnt)) {
+            let exited =
+                unsafe { libc::waitpid(m.child.pid() as i32, std::ptr::null_mut(), libc::WNOHANG) };
+            if exited != 0 || start.elapsed() > Duration::from_secs(20) {
+                m.child.kill();
+                panic!("mount did not come up: {}", m.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        m
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let mut s = TcpStream::connect(self.metrics).expect("connect metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        body.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.trim().parse::<f64>().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("metric {name} missing in:\n{body}"))
+    }
+
+    /// SIGTERM; returns whether the daemon exited successfully and the mount is gone.
+    fn stop(&mut self) -> bool {
+        let status = self.child.terminate(Duration::from_secs(10));
+        let ok = status.is_some_and(|s| s.success()) && !is_mounted(&self.mnt);
+        if is_mounted(&self.mnt) {
+            force_unmount(&self.mnt);
+        }
+        ok
+    }
+}
+
+/// Detaches whatever is mounted at the path when dropped (cleanup for tests that leave stale mounts).
+struct DetachOnDrop(PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            force_unmount(&self.0);
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_all_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).expect("readdir") {
+            let p = e.expect("entry").path();
+            let m = fs::symlink_metadata(&p).expect("lstat");
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() {
+                let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
+                out.insert(rel, fs::read(&p).expect("read file"));
+            }
+        }
+    }
+    out
+}
+
+/// Compares every entry under `src` with the same path under `mnt`: type, mode, owner, size, mtime,
+/// link count, symlink target, xattrs, content; and that the directory listings agree.
+fn assert_same_tree(src: &Path, mnt: &Path) {
+    let mut stack = vec![PathBuf::new()];
+    let mut checked = 0;
+    while let Some(rel) = stack.pop() {
+        let (a, b) = (src.join(&rel), mnt.join(&rel));
+        let (ma, mb) = (
+            fs::symlink_metadata(&a).expect("lstat src"),
+            fs::symlink_metadata(&b).unwrap_or_else(|e| panic!("lstat {}: {e}", b.display())),
+        );
+        assert_eq!(ma.file_type(), mb.file_type(), "{}", rel.display());
+        assert_eq!(ma.mode(), mb.mode(), "mode of {}", rel.display());
+        assert_eq!(
+            (ma.uid(), ma.gid()),
+            (mb.uid(), mb.gid()),
+            "{}",
+            rel.display()
+        );
+        assert_eq!(ma.mtime(), mb.mtime(), "mtime of {}", rel.display());
+        assert_eq!(
+            ma.mtime_nsec(),
+            mb.mtime_nsec(),
+            "mtime ns of {}",
+            rel.display()
+        );
+        if !ma.is_dir() {
+            assert_eq!(ma.nlink(), mb.nlink(), "nlink of {}", rel.display());
+            assert_eq!(ma.len(), mb.len(), "size of {}", rel.display());
+        }
+        if ma.file_type().is_symlink() {
+            assert_eq!(
+                fs::read_link(&a).expect("readlink"),
+                fs::read_link(&b).expect("readlink")
+            );
+        } else {
+            let xa: Vec<_> = xattr::list(&a).expect("listxattr").collect();
+            let xb: Vec<_> = xattr::list(&b).expect("listxattr").collect();
+            assert_eq!(xa, xb, "xattr names of {}", rel.display());
+            for name in xa {
+                assert_eq!(
+                    xattr::get(&a, &name).expect("getxattr"),
+                    xattr::get(&b, &name).expect("getxattr"),
+                    "xattr {name:?} of {}",
+                    rel.display()
+                );
+            }
+        }
+        if ma.is_file() {
+            assert!(
+                fs::read(&a).expect("read") == fs::read(&b).expect("read via mount"),
+                "content of {}",
+                rel.display()
+            );
+        }
+        if ma.is_dir() {
+            let names = |d: &Path| {
+                let mut v: Vec<_> = fs::read_dir(d)
+                    .expect("readdir")
+                    .map(|e| e.expect("entry").file_name())
+                    .collect();
+                v.sort();
+                v
+            };
+            let (na, nb) = (names(&a), names(&b));
+            assert_eq!(na, nb, "listing of {}", rel.display());
+            for n in na {
+                stack.push(rel.join(n));
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 30, "only {checked} entries compared");
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let m = e.metadata().expect("stat");
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn mount_from_zdb_matches_source_tree_and_random_reads() {
+    if !fuse_available("mount_from_zdb_matches_source_tree_and_random_reads") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let zdb = ZdbProcess::start(&[BIN, "zdb"], &tmp.path().join("zdb"), &[]);
+    let img = tmp.path().join("img");
+    pack(&src, &zdb.url("default"), &img);
+    let mut m = Mounted::start(
+        &img,
+        &tmp.path().join("mnt"),
+        &tmp.path().join("cache"),
+        &[],
+    );
+    let mnt = m.mnt.clone();
+
+    assert_same_tree(&src, &mnt);
+    // Hardlinks keep one inode.
+    let (a, b) = (
+        fs::metadata(mnt.join("db/big.bin")).expect("stat"),
+        fs::metadata(mnt.join("big-hardlink.bin")).expect("stat"),
+    );
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(a.nlink(), 2);
+
+    // Random-offset reads, each through a fresh open so the kernel page cache is not the only source.
+    let want = fs::read(src.join("db/big.bin")).expect("read");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let f = File::open(mnt.join("db/big.bin")).expect("open");
+    for _ in 0..300 {
+        let off = rng.random_range(0..want.len() as u64 + 100);
+        let len = rng.random_range(1..300_000usize);
+        let mut buf = vec![0u8; len];
+        let n = read_at_full(&f, &mut buf, off);
+        let start = (off as usize).min(want.len());
+        let end = (start + len).min(want.len());
+        assert_eq!(&buf[..n], &want[start..end], "read at {off} len {len}");
+    }
+    // The sparse file's hole reads as zeros.
+    let sparse = fs::read(mnt.join("sparse.bin")).expect("read sparse");
+    assert_eq!(&sparse[..4], b"head");
+    assert!(sparse[4..(6 * CHUNK + 10) as usize].iter().all(|&b| b == 0));
+
+    // Writes are refused.
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("empty"))
+        .expect_err("write open must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert!(m.metric("thinnode_mount_chunks_fetched_total") > 0.0);
+    drop(f);
+    assert!(m.stop(), "SIGTERM must unmount cleanly: {}", m.log_text());
+}
+
+fn read_at_full(f: &File, buf: &mut [u8], off: u64) -> usize {
+    let mut done = 0;
+    while done < buf.len() {
+        match f
+            .read_at(&mut buf[done..], off + done as u64)
+            .expect("pread")
+        {
+            0 => break,
+            n => done += n,
+        }
+    }
+    done
+}
+
+#[test]
+fn remount_reuses_cache_with_zero_store_reads_then_passthrough() {
+    if !fuse_available("remount_reuses_cache_with_zero_store_reads_then_passthrough") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let store = format!("dir://{}", tmp.path().join("store").display());
+    let img = tmp.path().join("img");
+    pack(&src, &store, &img);
+    let cache = tmp.path().join("cache");
+    let mnt = tmp.path().join("mnt");
+    let want = read_all_files(&src);
+
+    let mut first = Mounted::start(&img, &mnt, &cache, &[]);
+    assert_eq!(read_all_files(&mnt), want);
+    assert!(first.metric("thinnode_mount_chunks_fetched_total") > 0.0);
+    assert!(first.stop(), "{}", first.log_text());
+
+    let second = Mounted::start(&img, &mnt, &cache, &[]);
+    assert_eq!(read_all_files(&mnt), want);
+    assert_eq!(second.metric("thinnode_mount_chunks_fetched_total"), 0.0);
+    assert!(second.metric("thinnode_mount_cache_hits_total") > 0.0);
+
+    // The big file is fully cached: it gets assembled, then later opens go through passthrough.
+    let start = Instant::now();
+    loop {
+        let content = fs::read(mnt.join("db/big.bin")).expect("read");
+        assert!(content == want[Path::new("db/big.bin")]);
+        if second.metric("thinnode_mount_passthrough_opens_total") > 0.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no passthrough open: {}",
+            second.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Random reads through the passthrough file are still exact.
+    let f = File::open(mnt.join("db/big.bin")).expect("open");
+    let mut buf = vec![0u8; 10_000];
+    let n = read_at_full(&f, &mut buf, 300_001);
+    assert_eq!(&buf[..n], &want[Path::new("db/big.bin")][300_001..310_001]);
+}
+
+#[test]
+fn corrupt_stored_chunk_gives_eio_not_data() {
+    if !fuse_available("corrupt_stored_chunk_gives_eio_not_data") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let store_dir = tmp.path().join("store");
+    let img = tmp.path().join("img");
+    pack(&src, &format!("dir://{}", store_dir.display()), &img);
+
+    // Flip one byte of the stored object holding the second chunk of victim.bin.
+    let manifest = image::ImageManifest::open(&img).expect("open image");
+    let victim = manifest
+        .lookup(image::ROOT_INO, b"victim.bin")
+        .expect("lookup")
+        .expect("victim exists");
+    let r = manifest
+        .chunk(victim.ino, 1)
+        .expect("chunk")
+        .expect("not a hole");
+    let hex = r.id.to_hex();
+    let object = store_dir.join(&hex[..2]).join(&hex);
+    let mut bytes = fs::read(&object).expect("stored object");
+    bytes[10] ^= 0x55;
+    fs::write(&object, &bytes).expect("corrupt");
+
+    let m = Mounted::start(
+        &img,
+        &tmp.path().join("mnt"),
+        &tmp.path().join("cache"),
+        &["--timeout", "2"],
+    );
+    let f = File::open(m.mnt.join("victim.bin")).expect("open");
+    let mut buf = vec![0u8; 4096];
+    // The first chunk is intact.
+    assert_eq!(read_at_full(&f, &mut buf, 0), 4096);
+    let err = f
+        .read_at(&mut buf, CHUNK + 100)
+        .expect_err("corrupt chunk must not read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(m.metric("thinnode_mount_corrupt_chunks_total") >= 1.0);
+    // The failure is logged with the file and offset; the mount stays up.
+    let log = m.log_text();
+    assert!(
+        log.contains("/victim.bin") && log.contains(&format!("offset {}", CHUNK)),
+        "{log}"
+    );
+    assert_eq!(
+        fs::read(m.mnt.join("db/big.bin")).expect("other files still readable"),
+        fs::read(src.join("db/big.bin")).expect("read")
+    );
+}
+
+#[test]
+fn store_killed_mid_read_gives_eio_then_recovers() {
+    if !fuse_available("store_killed_mid_read_gives_eio_then_recovers") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let mut zdb = ZdbProcess::start(&[BIN, "zdb"], &tmp.path().join("zdb"), &[]);
+    let img = tmp.path().join("img");
+    pack(&src, &zdb.url("default"), &img);
+    let m = Mounted::start(
+        &img,
+        &tmp.path().join("mnt"),
+        &tmp.path().join("cache"),
+        &["--timeout", "1", "--readahead", "0"],
+    );
+    let want = fs::read(src.join("db/big.bin")).expect("read");
+
+    // Read the first chunk, then kill the store and read further.
+    let f = File::open(m.mnt.join("db/big.bin")).expect("open");
+    let mut buf = vec![0u8; 1000];
+    assert_eq!(read_at_full(&f, &mut buf, 0), 1000);
+    assert_eq!(&buf[..], &want[..1000]);
+    zdb.child.kill();
+    let started = Instant::now();
+    let err = f
+        .read_at(&mut buf, 4 * CHUNK + 7)
+        .expect_err("a read needing the dead store must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The mount is still up and answers metadata.
+    assert!(fs::metadata(m.mnt.join("db")).expect("stat").is_dir());
+    assert!(m.metric("thinnode_mount_store_errors_total") >= 1.0);
+
+    zdb.restart();
+    let n = read_at_full(&f, &mut buf, 4 * CHUNK + 7);
+    assert_eq!(
+        &buf[..n],
+        &want[(4 * CHUNK + 7) as usize..(4 * CHUNK + 7) as usize + n]
+    );
+    assert_eq!(fs::read(m.mnt.join("db/big.bin")).expect("read all"), want);
+}
+
+#[test]
+fn eviction_keeps_cache_under_limit() {
+    if !fuse_available("eviction_keeps_cache_under_limit") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let img = tmp.path().join("img");
+    pack(
+        &src,
+        &format!("dir://{}", tmp.path().join("store").display()),
+        &img,
+    );
+    let cache = tmp.path().join("cache");
+    let limit = 3 * CHUNK;
+    let m = Mounted::start(
+        &img,
+        &tmp.path().join("mnt"),
+        &cache,
+        &["--cache-size", &limit.to_string()],
+    );
+    let want = read_all_files(&src);
+    assert_eq!(read_all_files(&m.mnt), want);
+    let start = Instant::now();
+    let mut size = dir_size(&cache.join("chunks")) + dir_size(&cache.join("files"));
+    while size > limit && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        size = dir_size(&cache.join("chunks")) + dir_size(&cache.join("files"));
+    }
+    assert!(size <= limit, "cache holds {size} bytes, limit {limit}");
+    assert!(size > 0, "the cache should keep the most recent chunks");
+    // Still correct after eviction (evicted chunks are fetched again).
+    assert_eq!(read_all_files(&m.mnt), want);
+}
+
+#[test]
+fn sigkill_leaves_stale_mount_that_mount_and_umount_clean() {
+    if !fuse_available("sigkill_leaves_stale_mount_that_mount_and_umount_clean") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let img = tmp.path().join("img");
+    pack(
+        &src,
+        &format!("dir://{}", tmp.path().join("store").display()),
+        &img,
+    );
+    let cache = tmp.path().join("cache");
+    let mnt = tmp.path().join("mnt");
+    let _cleanup = DetachOnDrop(mnt.clone());
+
+    let mut m = Mounted::start(&img, &mnt, &cache, &[]);
+    m.child.kill();
+    assert!(is_stale(&mnt), "a killed daemon leaves a dead mount");
+    drop(m);
+    // `drop` detached it; make it stale again for the real check.
+    let mut m = Mounted::start(&img, &mnt, &cache, &[]);
+    m.child.kill();
+    assert!(is_stale(&mnt));
+    std::mem::forget(m);
+
+    // The next mount cleans the stale mount and serves.
+    let m2 = Mounted::start(&img, &mnt, &cache, &[]);
+    assert!(m2.log_text().contains("stale mount"), "{}", m2.log_text());
+    assert_eq!(
+        fs::read(mnt.join("link")).expect("read"),
+        fs::read(src.join("db/big.bin")).expect("read")
+    );
+    let mut m2 = m2;
+    m2.child.kill();
+    assert!(is_stale(&mnt));
+    std::mem::forget(m2);
+
+    // umount cleans a stale mount too.
+    run_ok(&["umount", mnt.to_str().expect("utf8")]);
+    assert!(!is_mounted(&mnt));
+    assert!(fs::metadata(&mnt).expect("plain dir again").is_dir());
+}
+
+#[test]
+fn daemon_mode_is_ready_on_return_and_umount_stops_it() {
+    if !fuse_available("daemon_mode_is_ready_on_return_and_umount_stops_it") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let img = tmp.path().join("img");
+    pack(
+        &src,
+        &format!("dir://{}", tmp.path().join("store").display()),
+        &img,
+    );
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    let log = tmp.path().join("daemon.log");
+    let out = run_ok(&[
+        "mount",
+        img.to_str().expect("utf8"),
+        mnt.to_str().expect("utf8"),
+        "--cache",
+        tmp.path().join("cache").to_str().expect("utf8"),
+        "--daemon",
+        "--log",
+        log.to_str().expect("utf8"),
+    ]);
+    // Ready the moment the command returns: no polling here.
+    let ready = is_mounted(&mnt);
+    if !ready {
+        force_unmount(&mnt);
+    }
+    assert!(ready, "not mounted when `mount --daemon` returned: {out}");
+    let pid: i32 = out
+        .split("daemon pid ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out}"));
+    assert_eq!(
+        fs::read(mnt.join("db/big.bin")).expect("read"),
+        fs::read(src.join("db/big.bin")).expect("read")
+    );
+    // A second mount on the same mountpoint is refused.
+    let again = Command::new(BIN)
+        .args([
+            "mount",
+            img.to_str().expect("utf8"),
+            mnt.to_str().expect("utf8"),
+            "--daemon",
+            "--log",
+        ])
+        .arg(&log)
+        .arg("--cache")
+        .arg(tmp.path().join("cache"))
+        .output()
+        .expect("run");
+    assert!(!again.status.success(), "double mount must fail");
+
+    run_ok(&["umount", mnt.to_str().expect("utf8")]);
+    assert!(!is_mounted(&mnt));
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "daemon {pid} still running"
+    );
+
+    // A failing daemon reports its error to the caller.
+    let bad = Command::new(BIN)
+        .args([
+            "mount",
+            "/nonexistent.img",
+            mnt.to_str().expect("utf8"),
+            "--daemon",
+            "--log",
+        ])
+        .arg(&log)
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("nonexistent.img"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
+#[test]
+fn trace_then_hydrate_serves_everything_without_the_store() {
+    if !fuse_available("trace_then_hydrate_serves_everything_without_the_store") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let store_dir = tmp.path().join("store");
+    let store = format!("dir://{}", store_dir.display());
+    let img = tmp.path().join("img");
+    pack(&src, &store, &img);
+    let trace = tmp.path().join("trace");
+    let mnt = tmp.path().join("mnt");
+
+    let mut m = Mounted::start(
+        &img,
+        &mnt,
+        &tmp.path().join("cache1"),
+        &["--record-trace", trace.to_str().expect("utf8")],
+    );
+    fs::read(mnt.join("victim.bin")).expect("read");
+    fs::read(mnt.join("db/sst/0003.sst")).expect("read");
+    assert!(m.stop());
+    let traced = fs::read_to_string(&trace).expect("trace");
+    assert!(traced.lines().count() >= 2, "{traced}");
+
+    // Hydrate a fresh cache from the image file, trace first, with a bandwidth cap.
+    let cache2 = tmp.path().join("cache2");
+    let out = run_ok(&[
+        "hydrate",
+        img.to_str().expect("utf8"),
+        "--cache",
+        cache2.to_str().expect("utf8"),
+        "--trace",
+        trace.to_str().expect("utf8"),
+        "--rate",
+        "500MB/s",
+        "--quiet",
+    ]);
+    assert!(out.contains("0 failed"), "{out}");
+
+    // Without the store at all, every file still reads correctly from the hydrated cache.
+    fs::rename(&store_dir, tmp.path().join("store-gone")).expect("hide store");
+    let m2 = Mounted::start(&img, &mnt, &cache2, &["--timeout", "1"]);
+    assert_eq!(read_all_files(&mnt), read_all_files(&src));
+    assert_eq!(m2.metric("thinnode_mount_chunks_fetched_total"), 0.0);
+    assert_eq!(m2.metric("thinnode_mount_read_errors_total"), 0.0);
+
+    // `hydrate MOUNTPOINT` finds the running mount's image and cache: nothing left to fetch.
+    let out = run_ok(&["hydrate", mnt.to_str().expect("utf8"), "--quiet"]);
+    assert!(
+        out.contains("0 fetched") && out.contains("0 failed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn trust_rejects_an_image_signed_by_another_key() {
+    if !fuse_available("trust_rejects_an_image_signed_by_another_key") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    fs::write(src.join("f"), b"data").expect("write");
+    let (k1, k2) = (tmp.path().join("k1"), tmp.path().join("k2"));
+    run_ok(&["key", "gen", "--out", k1.to_str().expect("utf8")]);
+    run_ok(&["key", "gen", "--out", k2.to_str().expect("utf8")]);
+    let img = tmp.path().join("img");
+    run_ok(&[
+        "pack",
+        src.to_str().expect("utf8"),
+        "--store",
+        &format!("dir://{}", tmp.path().join("store").display()),
+        "--out",
+        img.to_str().expect("utf8"),
+        "--sign",
+        k1.to_str().expect("utf8"),
+    ]);
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    let refused = Command::new(BIN)
+        .args([
+            "mount",
+            img.to_str().expect("utf8"),
+            mnt.to_str().expect("utf8"),
+            "--trust",
+        ])
+        .arg(format!("{}.pub", k2.display()))
+        .arg("--cache")
+        .arg(tmp.path().join("cache"))
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(!is_mounted(&mnt));
+    let m = Mounted::start(
+        &img,
+        &mnt,
+        &tmp.path().join("cache"),
+        &["--trust", &format!("{}.pub", k1.display())],
+    );
+    assert_eq!(fs::read(m.mnt.join("f")).expect("read"), b"data");
+}
