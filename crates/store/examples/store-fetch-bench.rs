@@ -31,6 +31,8 @@ enum FetchMode {
     Many,
     /// `get` one object at a time.
     Single,
+    /// `get_each` (streamed from a reused buffer) in batches.
+    Each,
     /// 0-db client only: pipelined GETs (`ZdbClient::get_pipelined`) in batches.
     PipelinedGet,
     /// 0-db client only: pipelined MGETs (`ZdbClient::mget`) in batches.
@@ -156,6 +158,17 @@ fn main() -> Result<()> {
                         }
                     }
                 }
+                FetchMode::Each => {
+                    for chunk in ids.chunks(batch.max(1)) {
+                        store.get_each(chunk, &mut |_, value| {
+                            match value {
+                                Some(v) => bytes += v.len() as u64,
+                                None => missing += 1,
+                            }
+                            Ok(())
+                        })?;
+                    }
+                }
                 FetchMode::Single => {
                     for id in &ids {
                         match store.get(id)? {
@@ -173,6 +186,7 @@ fn main() -> Result<()> {
             let what = match mode {
                 FetchMode::Many => format!("get_many(batch={batch})"),
                 FetchMode::Single => "get".to_string(),
+                FetchMode::Each => format!("get_each(batch={batch})"),
                 FetchMode::PipelinedGet => format!("pipelined-get(batch={batch})"),
                 FetchMode::Mget => format!("mget(batch={batch})"),
             };

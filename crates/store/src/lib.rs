@@ -53,6 +53,10 @@ impl fmt::Display for ChunkId {
     }
 }
 
+/// The callback of [`ChunkStore::get_each`]: receives each object's index in the request and its bytes
+/// (`None` when missing), borrowed for the duration of the call.
+pub type DeliverFn<'a> = dyn FnMut(usize, Option<&[u8]>) -> Result<(), StoreError> + 'a;
+
 /// A place that holds encoded chunk objects by id. Implementations are cheap to share between threads
 /// and do their own connection pooling.
 pub trait ChunkStore: Send + Sync {
@@ -68,6 +72,18 @@ pub trait ChunkStore: Send + Sync {
     /// Fetches many objects, in the order of `ids`. Backends override this to batch or pipeline.
     fn get_many(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         ids.iter().map(|id| self.get(id)).collect()
+    }
+
+    /// Fetches many objects and hands each to `deliver(index, bytes)` in the order of `ids` (`None` when
+    /// the store does not hold it), without keeping them all in memory: the bytes are only valid during
+    /// the call. Backends override this to stream from a reused buffer. An error from `deliver` stops
+    /// the fetch and is returned.
+    fn get_each(&self, ids: &[ChunkId], deliver: &mut DeliverFn<'_>) -> Result<(), StoreError> {
+        for (index, id) in ids.iter().enumerate() {
+            let value = self.get(id)?;
+            deliver(index, value.as_deref())?;
+        }
+        Ok(())
     }
 
     /// Existence of many objects, in the order of `ids`. Backends override this to batch or pipeline.

@@ -240,6 +240,36 @@ impl ZdbClient {
         })
     }
 
+    /// Fetches many keys with pipelined GETs and hands each value to `deliver(index, value)` in key order
+    /// (`None` for a missing key), from a buffer reused between values: no allocation per value, so a
+    /// long stream of large values does not churn memory. After a transient failure the fetch resumes on
+    /// a fresh connection at the first key not yet delivered; an error from `deliver` stops the fetch.
+    pub fn get_each<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        mut deliver: impl FnMut(usize, Option<&[u8]>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut delivered = 0usize;
+        let mut buffer = Vec::new();
+        self.run(|conn| {
+            let rest = keys.get(delivered..).unwrap_or_default();
+            conn.pipeline_with(
+                rest.len(),
+                self.config.pipeline_window,
+                |i, conn| match rest.get(i) {
+                    Some(key) => conn.queue(&[b"GET".as_slice(), key.as_ref()]),
+                    None => Ok(()),
+                },
+                |_, conn| {
+                    let found = conn.read_value_into("GET", &mut buffer)?;
+                    deliver(delivered, found.then_some(buffer.as_slice()))?;
+                    delivered += 1;
+                    Ok(())
+                },
+            )
+        })
+    }
+
     /// Existence of many keys, in order, with pipelined EXISTS.
     pub fn exists_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<bool>, StoreError> {
         if keys.is_empty() {

@@ -32,6 +32,9 @@ pub enum ArrayStart {
     Other(Reply),
 }
 
+/// Bulk strings at least this large are read straight into their own buffer.
+const DIRECT_READ_MIN: usize = 64 * 1024;
+
 /// Request bytes buffered before they are written out while pipelining.
 const WRITE_FLUSH_AT: usize = 4 * 1024 * 1024;
 
@@ -256,11 +259,17 @@ impl Connection {
     pub fn read_reply(&mut self) -> Result<Reply, StoreError> {
         loop {
             let pending_len = self.read_end - self.read_start;
+            let bulk_len = self.pending_bulk_len();
+            if let Some((header_len, value_len)) = bulk_len {
+                if value_len >= DIRECT_READ_MIN && header_len + value_len + 2 > pending_len {
+                    let mut value = Vec::new();
+                    self.read_bulk_direct(header_len, value_len, &mut value)?;
+                    return Ok(Reply::Bulk(value));
+                }
+            }
             // Skip decoding while a bulk string is known to be incomplete.
             if pending_len > 0
-                && self
-                    .pending_bulk_len()
-                    .is_none_or(|total| total <= pending_len)
+                && bulk_len.is_none_or(|(header, value)| header + value + 2 <= pending_len)
             {
                 let pending = self
                     .read_buf
@@ -288,9 +297,9 @@ impl Connection {
         }
     }
 
-    /// When the pending bytes start with a bulk string header (`$<len>\r\n`), the total size of that
-    /// frame including header and trailing CRLF. Lets [`Connection::fill`] size its reads to the frame.
-    fn pending_bulk_len(&self) -> Option<usize> {
+    /// When the pending bytes start with a complete bulk string header (`$<len>\r\n`): the header's
+    /// length and the value's length. Lets large values be read straight into their own buffer.
+    fn pending_bulk_len(&self) -> Option<(usize, usize)> {
         let pending = self.read_buf.get(self.read_start..self.read_end)?;
         if pending.first() != Some(&b'$') {
             return None;
@@ -301,7 +310,99 @@ impl Connection {
             .ok()?
             .parse()
             .ok()?;
-        Some(line_end + 2 + len + 2)
+        Some((line_end + 2, len))
+    }
+
+    /// Reads a large bulk string whose header is pending into `value` (reusing its allocation): the bytes
+    /// already received are copied once, the rest is read from the socket straight into `value`.
+    fn read_bulk_direct(
+        &mut self,
+        header_len: usize,
+        value_len: usize,
+        value: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let start = self.read_start + header_len;
+        let have = (self.read_end.saturating_sub(start)).min(value_len);
+        value.clear();
+        value.resize(value_len, 0);
+        let (received, rest) = value.split_at_mut(have);
+        received.copy_from_slice(self.read_buf.get(start..start + have).unwrap_or_default());
+        self.read_start = start + have;
+        let mut filled = 0;
+        while filled < rest.len() {
+            let target = rest.get_mut(filled..).unwrap_or_default();
+            match self.stream.read(target) {
+                Ok(0) => {
+                    return Err(StoreError::Connection {
+                        endpoint: self.endpoint.clone(),
+                        source: io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "server closed the connection",
+                        ),
+                    })
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_error("reply", e)),
+            }
+        }
+        while self.read_end - self.read_start < 2 {
+            self.fill()?;
+        }
+        if self.read_buf.get(self.read_start..self.read_start + 2) != Some(b"\r\n".as_slice()) {
+            return Err(StoreError::Protocol {
+                endpoint: self.endpoint.clone(),
+                reason: "bulk string not terminated by CRLF".to_string(),
+            });
+        }
+        self.read_start += 2;
+        if self.read_start == self.read_end {
+            self.read_start = 0;
+            self.read_end = 0;
+        }
+        Ok(())
+    }
+
+    /// Reads a GET-shaped reply into `value`, reusing its allocation: `true` with the value in `value`,
+    /// `false` for nil; an error reply becomes [`StoreError::Server`].
+    pub fn read_value_into(
+        &mut self,
+        command: &str,
+        value: &mut Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        loop {
+            if let Some((header_len, value_len)) = self.pending_bulk_len() {
+                if value_len >= DIRECT_READ_MIN {
+                    self.read_bulk_direct(header_len, value_len, value)?;
+                    return Ok(true);
+                }
+            }
+            let pending = self
+                .read_buf
+                .get(self.read_start..self.read_end)
+                .unwrap_or_default();
+            let starts_bulk = pending.first() == Some(&b'$');
+            let header = pending
+                .get(..pending.len().min(MAX_HEADER_LINE))
+                .unwrap_or_default();
+            let header_complete = header.windows(2).any(|w| w == b"\r\n");
+            // A bulk header still arriving: read more before deciding which path to take.
+            if pending.is_empty()
+                || (starts_bulk && !header_complete && pending.len() < MAX_HEADER_LINE)
+            {
+                self.fill()?;
+                continue;
+            }
+            return match self.read_reply()? {
+                Reply::Bulk(v) => {
+                    *value = v;
+                    Ok(true)
+                }
+                Reply::Nil => Ok(false),
+                Reply::Error(message) => Err(StoreError::Server { message }),
+                other => Err(self.unexpected(command, &other)),
+            };
+        }
     }
 
     /// Reads the start of a reply expected to be an array, without waiting for its elements: the element
@@ -352,9 +453,9 @@ impl Connection {
     /// string when its size is known so that large values are neither re-decoded nor moved repeatedly.
     fn fill(&mut self) -> Result<(), StoreError> {
         let pending_len = self.read_end - self.read_start;
-        let frame_rest = self
-            .pending_bulk_len()
-            .map_or(0, |total| total.saturating_sub(pending_len));
+        let frame_rest = self.pending_bulk_len().map_or(0, |(header, value)| {
+            (header + value + 2).saturating_sub(pending_len)
+        });
         let want_spare = READ_CHUNK.max(frame_rest);
         if self.read_buf.len() - self.read_end < want_spare {
             if self.read_start > 0 {
@@ -615,6 +716,51 @@ mod tests {
         c.secure_auth = true;
         let client = ZdbClient::connect_without_ping(c).unwrap();
         client.set(b"k", b"v").unwrap();
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn get_each_streams_small_nil_and_large_values_in_order() {
+        let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut reply = format!("${}\r\n", large.len()).into_bytes();
+        reply.extend_from_slice(&large);
+        reply.extend_from_slice(b"\r\n");
+        let large_reply: &'static [u8] = Box::leak(reply.into_boxed_slice());
+        let (port, server) = scripted_server(
+            vec![
+                (vec![b"SELECT", b"ns1"], b"+OK\r\n"),
+                (vec![b"GET", b"a"], b"$3\r\nabc\r\n"),
+                (vec![b"GET", b"b"], b"$-1\r\n"),
+                (vec![b"GET", b"c"], large_reply),
+                (vec![b"GET", b"d"], b"$-1\r\n"),
+                (
+                    vec![b"GET", b"e"],
+                    b"-Namespace is temporarily frozen (read-write disabled)\r\n",
+                ),
+            ],
+            1000,
+        );
+        let client = ZdbClient::connect_without_ping(config(port)).unwrap();
+        let mut seen = Vec::new();
+        let err = client
+            .get_each(&[b"a", b"b", b"c", b"d", b"e"], |i, value| {
+                seen.push((i, value.map(|v| v.to_vec())));
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.server_message(),
+            Some("Namespace is temporarily frozen (read-write disabled)")
+        );
+        assert_eq!(
+            seen,
+            vec![
+                (0, Some(b"abc".to_vec())),
+                (1, None),
+                (2, Some(large)),
+                (3, None)
+            ]
+        );
         server.join().unwrap();
     }
 

@@ -2,7 +2,7 @@
 
 use super::client::ZdbClient;
 use super::config::ZdbConfig;
-use crate::{ChunkId, ChunkStore, StoreError};
+use crate::{ChunkId, ChunkStore, DeliverFn, StoreError};
 
 /// A [`ChunkStore`] backed by a 0-db namespace. Objects are stored under the raw 32-byte chunk id, as
 /// threefoldtech/rfs does, so the namespace must be in user (or mixed) mode.
@@ -46,7 +46,12 @@ impl ChunkStore for ZdbStore {
 
     fn get_many(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let keys: Vec<&[u8]> = ids.iter().map(|id| id.0.as_slice()).collect();
-        self.client.mget(&keys)
+        self.client.get_pipelined(&keys)
+    }
+
+    fn get_each(&self, ids: &[ChunkId], deliver: &mut DeliverFn<'_>) -> Result<(), StoreError> {
+        let keys: Vec<&[u8]> = ids.iter().map(|id| id.0.as_slice()).collect();
+        self.client.get_each(&keys, deliver)
     }
 
     fn has_many(&self, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
