@@ -176,9 +176,11 @@ pub fn redact_url(url: &str) -> String {
         Err(_) => {
             let without_query = url.split('?').next().unwrap_or(url);
             match (without_query.find("://"), without_query.rfind('@')) {
-                (Some(start), Some(at)) if at > start => {
-                    format!("{}***{}", &without_query[..start + 3], &without_query[at..])
-                }
+                (Some(start), Some(at)) if at > start => format!(
+                    "{}***{}",
+                    without_query.get(..start + 3).unwrap_or_default(),
+                    without_query.get(at..).unwrap_or_default()
+                ),
                 _ => without_query.to_string(),
             }
         }

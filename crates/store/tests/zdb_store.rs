@@ -373,6 +373,17 @@ fn unix_socket_endpoint() {
 }
 
 #[test]
+fn ipv6_endpoint() {
+    let server = Server::start(|args| args.listen = "::1".into());
+    let url = format!("zdb://[::1]:{}/default", server.port);
+    let store = store::open(&url).unwrap();
+    assert_eq!(store.public_url(), url);
+    let (id, data) = object(12, 4096);
+    store.put(&id, &data).unwrap();
+    assert_eq!(store.get(&id).unwrap(), Some(data));
+}
+
+#[test]
 fn raw_pipeline_keeps_error_replies_in_place() {
     let server = Server::start(|_| {});
     let client = ZdbClient::connect(server.config("default")).unwrap();

@@ -32,6 +32,9 @@ pub enum ArrayStart {
     Other(Reply),
 }
 
+/// Largest bulk string accepted from a server (0-db's own limit is 8 MiB).
+const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
+
 /// Bulk strings at least this large are read straight into their own buffer.
 const DIRECT_READ_MIN: usize = 64 * 1024;
 
@@ -259,7 +262,7 @@ impl Connection {
     pub fn read_reply(&mut self) -> Result<Reply, StoreError> {
         loop {
             let pending_len = self.read_end - self.read_start;
-            let bulk_len = self.pending_bulk_len();
+            let bulk_len = self.pending_bulk_len()?;
             if let Some((header_len, value_len)) = bulk_len {
                 if value_len >= DIRECT_READ_MIN && header_len + value_len + 2 > pending_len {
                     let mut value = Vec::new();
@@ -299,18 +302,38 @@ impl Connection {
 
     /// When the pending bytes start with a complete bulk string header (`$<len>\r\n`): the header's
     /// length and the value's length. Lets large values be read straight into their own buffer.
-    fn pending_bulk_len(&self) -> Option<(usize, usize)> {
-        let pending = self.read_buf.get(self.read_start..self.read_end)?;
+    /// Bulk strings claiming more than [`MAX_BULK_LEN`] bytes are a protocol error.
+    fn pending_bulk_len(&self) -> Result<Option<(usize, usize)>, StoreError> {
+        let pending = self
+            .read_buf
+            .get(self.read_start..self.read_end)
+            .unwrap_or_default();
         if pending.first() != Some(&b'$') {
-            return None;
+            return Ok(None);
         }
-        let header = pending.get(..pending.len().min(MAX_HEADER_LINE))?;
-        let line_end = header.windows(2).position(|w| w == b"\r\n")?;
-        let len: usize = std::str::from_utf8(header.get(1..line_end)?)
-            .ok()?
-            .parse()
-            .ok()?;
-        Some((line_end + 2, len))
+        let header = pending
+            .get(..pending.len().min(MAX_HEADER_LINE))
+            .unwrap_or_default();
+        let Some(line_end) = header.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let digits = header.get(1..line_end).unwrap_or_default();
+        if digits == b"-1" {
+            return Ok(None); // nil: left to the RESP decoder
+        }
+        match std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse::<usize>().ok())
+        {
+            Some(len) if len <= MAX_BULK_LEN => Ok(Some((line_end + 2, len))),
+            _ => Err(StoreError::Protocol {
+                endpoint: self.endpoint.clone(),
+                reason: format!(
+                    "invalid bulk string length {:?}",
+                    String::from_utf8_lossy(digits)
+                ),
+            }),
+        }
     }
 
     /// Reads a large bulk string whose header is pending into `value` (reusing its allocation): the bytes
@@ -371,7 +394,7 @@ impl Connection {
         value: &mut Vec<u8>,
     ) -> Result<bool, StoreError> {
         loop {
-            if let Some((header_len, value_len)) = self.pending_bulk_len() {
+            if let Some((header_len, value_len)) = self.pending_bulk_len()? {
                 if value_len >= DIRECT_READ_MIN {
                     self.read_bulk_direct(header_len, value_len, value)?;
                     return Ok(true);
@@ -453,7 +476,7 @@ impl Connection {
     /// string when its size is known so that large values are neither re-decoded nor moved repeatedly.
     fn fill(&mut self) -> Result<(), StoreError> {
         let pending_len = self.read_end - self.read_start;
-        let frame_rest = self.pending_bulk_len().map_or(0, |(header, value)| {
+        let frame_rest = self.pending_bulk_len()?.map_or(0, |(header, value)| {
             (header + value + 2).saturating_sub(pending_len)
         });
         let want_spare = READ_CHUNK.max(frame_rest);
@@ -778,5 +801,27 @@ mod tests {
         assert!(matches!(err, StoreError::Protocol { .. }), "{err:?}");
         assert!(!err.is_transient());
         server.join().unwrap();
+
+        // An absurd bulk length is refused instead of being allocated.
+        for (reply, each) in [
+            (b"$99999999999999999999\r\n".as_slice(), false),
+            (b"$4294967296000\r\n".as_slice(), true),
+        ] {
+            let (port, server) = scripted_server(
+                vec![
+                    (vec![b"SELECT", b"ns1"], b"+OK\r\n"),
+                    (vec![b"GET", b"k"], reply),
+                ],
+                4096,
+            );
+            let client = ZdbClient::connect_without_ping(config(port)).unwrap();
+            let err = if each {
+                client.get_each(&[b"k"], |_, _| Ok(())).unwrap_err()
+            } else {
+                client.get(b"k").unwrap_err()
+            };
+            assert!(matches!(err, StoreError::Protocol { .. }), "{err:?}");
+            server.join().unwrap();
+        }
     }
 }
