@@ -12,8 +12,8 @@ use bytes::{BufMut, BytesMut};
 
 /// Largest argument accepted (0-db's payload limit).
 pub const MAX_ARGUMENT_LEN: usize = 8 * 1024 * 1024;
-/// Most arguments in one request (MGET of 1023 keys plus the command).
-pub const MAX_ARGUMENTS: usize = 1024;
+/// Most arguments in one request (MGET itself allows 1023 keys).
+pub const MAX_ARGUMENTS: usize = 4096;
 /// Longest `*N` / `$N` header line accepted, without CRLF.
 const MAX_HEADER_LINE: usize = 20;
 
