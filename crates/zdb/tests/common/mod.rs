@@ -146,3 +146,42 @@ pub fn scan_all(raw: &mut Raw, command: &str) -> Vec<Vec<u8>> {
         }
     }
 }
+
+/// A server started by the test with its stderr captured in a file (to check log lines).
+pub struct Logged {
+    pub child: testkit::ChildGuard,
+    pub port: u16,
+    pub log: std::path::PathBuf,
+}
+
+impl Logged {
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Starts the binary with `--data dir/data --index dir/index` on a free port, stderr to `dir/<name>.log`.
+pub fn start_logged(dir: &Path, name: &str, extra: &[&str]) -> Logged {
+    let port = testkit::free_port();
+    let log = dir.join(format!("{name}.log"));
+    let f = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new(zdb_bin())
+        .arg("--data")
+        .arg(dir.join("data"))
+        .arg("--index")
+        .arg(dir.join("index"))
+        .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let child = testkit::ChildGuard::new(child);
+    testkit::wait_for_tcp(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(20),
+    );
+    Logged { child, port, log }
+}
