@@ -11,6 +11,9 @@ use std::time::Duration;
 use common::*;
 use redis_protocol::resp2::types::OwnedFrame;
 
+/// Writes acknowledged by the server: (key, value).
+type Acked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 fn value_for(i: usize) -> Vec<u8> {
     format!("value-{i}-").repeat(1 + i % 13).into_bytes()
 }
@@ -103,7 +106,7 @@ fn kill_9_during_write_storm_keeps_acknowledged_writes() {
     let dir = tempfile::tempdir().unwrap();
     let mut z = start(dir.path(), &["--sync", "--datasize", "65536"]);
     let port = z.port;
-    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
         .map(|t| {
