@@ -139,6 +139,7 @@ fn apply_options(url: &Url, config: &mut ZdbConfig, unix: bool) -> Result<(), St
             }
             "pool" => config.pool_size = parse_number(&key, &value)?,
             "retries" => config.retries = parse_number(&key, &value)?,
+            "window" => config.pipeline_window = parse_number::<usize>(&key, &value)?.max(1),
             other => return Err(format!("unknown option {other:?}")),
         }
     }

@@ -1,5 +1,6 @@
 //! A pooled, retrying, pipelining 0-db client.
 
+use std::cell::Cell;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -7,6 +8,51 @@ use super::config::{ZdbConfig, MAX_MGET_KEYS, MAX_PAYLOAD};
 use super::connection::{ArrayStart, Connection};
 use super::reply::Reply;
 use crate::StoreError;
+
+/// MGET commands kept in flight (each already carries up to [`MAX_MGET_KEYS`] keys).
+const MGET_WINDOW: usize = 2;
+
+/// Reply bytes a value fetch aims to keep in flight: enough to keep the connection busy, small enough
+/// that a server which answers a whole batch of pipelined requests in one write does not build up huge
+/// replies.
+const FETCH_BYTES_IN_FLIGHT: u64 = 4 * 1024 * 1024;
+
+/// GETs in flight before any value size is known.
+const INITIAL_FETCH_WINDOW: usize = 2;
+
+/// A GET pipeline window sized from the mean size of the values received so far: about
+/// [`FETCH_BYTES_IN_FLIGHT`] bytes in flight, between 1 and `max` requests.
+struct FetchWindow {
+    max: usize,
+    bytes: Cell<u64>,
+    replies: Cell<u64>,
+}
+
+impl FetchWindow {
+    fn new(max: usize) -> Self {
+        FetchWindow {
+            max: max.max(1),
+            bytes: Cell::new(0),
+            replies: Cell::new(0),
+        }
+    }
+
+    fn record(&self, len: usize) {
+        self.bytes.set(self.bytes.get().saturating_add(len as u64));
+        self.replies.set(self.replies.get() + 1);
+    }
+
+    fn current(&self) -> usize {
+        let replies = self.replies.get();
+        if replies == 0 {
+            return INITIAL_FETCH_WINDOW.min(self.max);
+        }
+        let mean = (self.bytes.get() / replies).max(1);
+        usize::try_from(FETCH_BYTES_IN_FLIGHT / mean)
+            .unwrap_or(usize::MAX)
+            .clamp(1, self.max)
+    }
+}
 
 /// Longest pause between two retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -180,7 +226,7 @@ impl ZdbClient {
             let mut values = Vec::with_capacity(keys.len());
             conn.pipeline_with(
                 batches.len(),
-                self.config.pipeline_window,
+                &|| MGET_WINDOW,
                 |i, conn| {
                     let batch = batches.get(i).copied().unwrap_or_default();
                     let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() + 1);
@@ -221,17 +267,21 @@ impl ZdbClient {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        let fetch_window = FetchWindow::new(self.config.pipeline_window);
         self.run(|conn| {
             let mut values = Vec::with_capacity(keys.len());
             conn.pipeline_with(
                 keys.len(),
-                self.config.pipeline_window,
+                &|| fetch_window.current(),
                 |i, conn| match keys.get(i) {
                     Some(key) => conn.queue(&[b"GET".as_slice(), key.as_ref()]),
                     None => Ok(()),
                 },
                 |_, conn| {
                     let reply = conn.read_reply()?;
+                    if let Reply::Bulk(v) = &reply {
+                        fetch_window.record(v.len());
+                    }
                     values.push(value_of(conn.endpoint(), "GET", reply)?);
                     Ok(())
                 },
@@ -251,17 +301,19 @@ impl ZdbClient {
     ) -> Result<(), StoreError> {
         let mut delivered = 0usize;
         let mut buffer = Vec::new();
+        let fetch_window = FetchWindow::new(self.config.pipeline_window);
         self.run(|conn| {
             let rest = keys.get(delivered..).unwrap_or_default();
             conn.pipeline_with(
                 rest.len(),
-                self.config.pipeline_window,
+                &|| fetch_window.current(),
                 |i, conn| match rest.get(i) {
                     Some(key) => conn.queue(&[b"GET".as_slice(), key.as_ref()]),
                     None => Ok(()),
                 },
                 |_, conn| {
                     let found = conn.read_value_into("GET", &mut buffer)?;
+                    fetch_window.record(if found { buffer.len() } else { 0 });
                     deliver(delivered, found.then_some(buffer.as_slice()))?;
                     delivered += 1;
                     Ok(())
@@ -279,7 +331,7 @@ impl ZdbClient {
             let mut found = Vec::with_capacity(keys.len());
             conn.pipeline_with(
                 keys.len(),
-                self.config.pipeline_window.max(256),
+                &|| self.config.pipeline_window.max(256),
                 |i, conn| match keys.get(i) {
                     Some(key) => conn.queue(&[b"EXISTS".as_slice(), key.as_ref()]),
                     None => Ok(()),
@@ -308,7 +360,7 @@ impl ZdbClient {
         self.run(|conn| {
             conn.pipeline_with(
                 items.len(),
-                self.config.pipeline_window,
+                &|| self.config.pipeline_window,
                 |i, conn| match items.get(i) {
                     Some((key, value)) => {
                         conn.queue(&[b"SET".as_slice(), key.as_ref(), value.as_ref()])

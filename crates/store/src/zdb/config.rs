@@ -67,7 +67,8 @@ pub struct ZdbConfig {
     pub retries: u32,
     /// Pause before the first retry; doubled for each further retry (capped at one second).
     pub retry_backoff: Duration,
-    /// Commands kept in flight on one connection while pipelining.
+    /// Commands kept in flight on one connection while pipelining (SET, raw pipelines); value fetches
+    /// adapt their window to the value size, up to this many requests.
     pub pipeline_window: usize,
 }
 
@@ -85,7 +86,7 @@ impl ZdbConfig {
             pool_size: 8,
             retries: 3,
             retry_backoff: Duration::from_millis(50),
-            pipeline_window: 32,
+            pipeline_window: 64,
         }
     }
 

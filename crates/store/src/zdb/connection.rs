@@ -516,21 +516,23 @@ impl Connection {
         self.read_reply()
     }
 
-    /// Pipelines `count` commands, keeping up to `window` of them in flight: `encode(i, self)` queues
+    /// Pipelines `count` commands, keeping up to `window()` of them in flight (asked again before each
+    /// send, so it may adapt to what has been received): `encode(i, self)` queues
     /// command `i`, `read(i, self)` consumes its reply, in order. Stops at the first error; the
     /// connection is then out of step with the server and must be dropped (the pool does so).
     pub fn pipeline_with(
         &mut self,
         count: usize,
-        window: usize,
+        window: &dyn Fn() -> usize,
         mut encode: impl FnMut(usize, &mut Self) -> Result<(), StoreError>,
         mut read: impl FnMut(usize, &mut Self) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let window = window.max(1);
         let mut sent = 0;
         let mut received = 0;
         while received < count {
-            while sent < count && sent - received < window && self.write_buf.len() < WRITE_FLUSH_AT
+            while sent < count
+                && sent - received < window().max(1)
+                && self.write_buf.len() < WRITE_FLUSH_AT
             {
                 encode(sent, self)?;
                 sent += 1;
@@ -555,7 +557,7 @@ impl Connection {
         let mut replies = Vec::with_capacity(commands.len());
         self.pipeline_with(
             commands.len(),
-            window,
+            &|| window,
             |i, conn| match commands.get(i) {
                 Some(cmd) => conn.queue(cmd.as_ref()),
                 None => Ok(()),
