@@ -230,7 +230,7 @@ mod tests {
     #[test]
     fn zdb_with_password_port_namespace_and_options() {
         let c = zdb(
-            "zdb://user:s%40cret@10.0.0.1:9901/chunks?secure=1&timeout_ms=250&pool=3&retries=0",
+            "zdb://user:s%40cret@10.0.0.1:9901/chunks?secure=1&timeout_ms=250&pool=3&retries=0&window=5",
         );
         assert_eq!(
             c.endpoint,
@@ -245,6 +245,7 @@ mod tests {
         assert_eq!(c.io_timeout, Duration::from_millis(250));
         assert_eq!(c.pool_size, 3);
         assert_eq!(c.retries, 0);
+        assert_eq!(c.pipeline_window, 5);
         assert_eq!(c.public_url(), "zdb://10.0.0.1:9901/chunks");
         assert!(
             !format!("{c:?}").contains("s@cret"),

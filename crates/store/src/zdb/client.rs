@@ -419,3 +419,30 @@ fn exists_value(endpoint: &str, reply: Reply) -> Result<bool, StoreError> {
         other => Err(unexpected(endpoint, "EXISTS", &other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_window_keeps_about_four_mib_in_flight() {
+        let window = FetchWindow::new(64);
+        assert_eq!(window.current(), INITIAL_FETCH_WINDOW);
+        window.record(1 << 20);
+        assert_eq!(window.current(), 4);
+        window.record(1 << 20);
+        window.record(2 << 20);
+        assert_eq!(window.current(), 3); // mean 1.33 MiB
+        let small = FetchWindow::new(64);
+        for _ in 0..10 {
+            small.record(100);
+        }
+        assert_eq!(small.current(), 64);
+        let huge = FetchWindow::new(64);
+        huge.record(8 << 20);
+        assert_eq!(huge.current(), 1);
+        let missing = FetchWindow::new(8);
+        missing.record(0);
+        assert_eq!(missing.current(), 8);
+    }
+}
