@@ -12,7 +12,7 @@ bash scripts/setup.sh
 export DEBIAN_FRONTEND=noninteractive
 command -v litecoind >/dev/null || { apt-get update -qq; apt-get install -y -qq litecoind >/dev/null; }
 cargo build --release -q -p thinnode
-T=$PWD/target/release/thinnode
+T=${CARGO_TARGET_DIR:-$PWD/target}/release/thinnode
 
 work=$(mktemp -d /tmp/thinnode-demo.XXXXXX)
 port=$((20000 + RANDOM % 20000))
@@ -21,12 +21,10 @@ mounts=()
 cleanup() {
   for d in "$work"/node*/; do
     [ -d "$d" ] || continue
-    n=$(basename "$d")
     litecoin-cli -regtest -datadir="$d/merged" -rpcport="$(cat "$d/rpcport" 2>/dev/null || echo 1)" stop >/dev/null 2>&1 || true
   done
   sleep 1
   for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-  [ -f "$work/mnt/.mounted" ] || true
   "$T" umount "$work/mnt" >/dev/null 2>&1 || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -34,6 +32,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Bytes of disk actually used (holes of sparse files do not count).
+disk_bytes() { echo $(( $(du -sk "$1" | cut -f1) * 1024 )); }
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 cli() { litecoin-cli -regtest -datadir="$1" -rpcport="$2" "${@:3}"; }
 wait_rpc() { for _ in $(seq 300); do cli "$1" "$2" getblockcount >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
@@ -56,12 +56,12 @@ cli "$chain" $((port + 2)) stop >/dev/null
 while pgrep -f "datadir=$chain" >/dev/null; do sleep 0.2; done
 # Node identity and wallets never go into a shared base.
 rm -rf "$chain/regtest/wallets" "$chain/regtest/peers.dat" "$chain/regtest/debug.log"
-src_bytes=$(du -sb "$chain" | cut -f1)
+src_bytes=$(disk_bytes "$chain")
 
 echo "== 3. pack it into an image (chunks to zdb://127.0.0.1:$port/default)"
 "$T" pack "$chain" --store "zdb://127.0.0.1:$port/default" --out "$work/chain.img" \
   --label chain=litecoin-regtest --label height=300 --label db=leveldb
-store_bytes=$(du -sb "$work/zdb/data" | cut -f1)
+store_bytes=$(disk_bytes "$work/zdb/data")
 
 echo "== 4. mount lazily and provision three nodes, each with its own write layer"
 mkdir -p "$work/mnt"
@@ -92,14 +92,14 @@ for i in 1 2 3; do
 done
 for i in 1 2 3; do while pgrep -f "datadir=$work/node$i/merged" >/dev/null; do sleep 0.2; done; done
 
-echo "== 5. what it saved"
+echo "== 5. what it saved (disk actually used)"
 printf '   %-34s %12s\n' "chain database (one full copy)" "$((src_bytes / 1024)) KiB"
 printf '   %-34s %12s\n' "three full copies" "$((3 * src_bytes / 1024)) KiB"
 printf '   %-34s %12s\n' "store (zdb data, shared)" "$((store_bytes / 1024)) KiB"
-printf '   %-34s %12s\n' "host cache (shared by all nodes)" "$(( $(du -sb "$work/cache" | cut -f1) / 1024 )) KiB"
+printf '   %-34s %12s\n' "host cache (shared by all nodes)" "$(( $(disk_bytes "$work/cache") / 1024 )) KiB"
 total=0
 for i in 1 2 3; do
-  b=$(du -sb "$work/node$i/upper" | cut -f1); total=$((total + b))
+  b=$(disk_bytes "$work/node$i/upper"); total=$((total + b))
   printf '   %-34s %12s  (%s%% of a full copy)\n' "node$i write layer" "$((b / 1024)) KiB" "$((100 * b / src_bytes))"
 done
 printf '   %-34s %12s  vs %s KiB for three copies\n' "all three layers" "$((total / 1024)) KiB" "$((3 * src_bytes / 1024))"
