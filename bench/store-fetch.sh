@@ -49,8 +49,12 @@ row() {
   rate=$(median fetch --store "$URL" --ids "$WORK/ids" "$@")
   printf '| %s | %s | %s |\n' "$label" "$rate" "$(awk -v a="$rate" -v b="$BASE" 'BEGIN {printf "%.2f", a/b}')"
 }
-row "get_many, batches of 64 (ChunkStore)" --mode many --batch 64
-row "get_many, batches of 16 (ChunkStore)" --mode many --batch 16
-row "pipelined GET, batches of 64" --mode pipelined-get --batch 64
+row "get_each, batches of 64 (ChunkStore, streamed, reused buffer)" --mode each --batch 64
+row "get_many, batches of 64 (ChunkStore, pipelined GET)" --mode many --batch 64
+row "get_many, batches of 16 (ChunkStore, pipelined GET)" --mode many --batch 16
 row "MGET, batches of 64" --mode mget --batch 64
 row "one GET at a time" --mode single
+# The same get_many with glibc told not to hand freed memory back to the kernel: shows how much of the
+# gap is page faults on freshly allocated result buffers rather than the protocol.
+GLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967295:glibc.malloc.mmap_threshold=33554432 \
+  row "get_many, batches of 64, glibc trim/mmap thresholds raised" --mode many --batch 64
