@@ -520,6 +520,14 @@ impl Namespace {
             }
             let path = data_dir.join(data_file_name(0));
             create_with_header(&path, &DataFileHeader::new(0, now_secs()).encode())?;
+            let ipath = index_dir.join(index_file_name(0));
+            if !ipath.exists() {
+                let mode = cfg.fixed_mode.unwrap_or(Mode::User);
+                create_with_header(
+                    &ipath,
+                    &IndexFileHeader::new(0, mode.byte(), now_secs()).encode(),
+                )?;
+            }
             data_ids.push(0);
         }
         let max = data_ids.last().copied().unwrap_or(0);
