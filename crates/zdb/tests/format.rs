@@ -258,7 +258,10 @@ fn hand_built_files_are_served() {
     );
 }
 
-fn parse_data(file: &Path, fileid: u32) -> Vec<(u32, u8, Vec<u8>, Vec<u8>, u32)> {
+/// A parsed data entry: (offset, flags, key, payload, previous).
+type ParsedEntry = (u32, u8, Vec<u8>, Vec<u8>, u32);
+
+fn parse_data(file: &Path, fileid: u32) -> Vec<ParsedEntry> {
     let b = std::fs::read(file).unwrap();
     assert_eq!(&b[0..4], b"DAT0");
     assert_eq!(rd32(&b, 4), 3, "data version");
