@@ -289,6 +289,14 @@ fn reconnects_after_the_server_restarts() {
     let (id2, data2) = object(10, 1000);
     store.put(&id2, &data2).unwrap();
 
+    // Even with no retries allowed, a pooled connection closed by a restart is replaced transparently.
+    let mut no_retries = server.config("default");
+    no_retries.retries = 0;
+    let strict = ZdbStore::connect(no_retries).unwrap();
+    assert_eq!(strict.client().idle_connections(), 1);
+    server.restart();
+    assert!(strict.has(&id2).unwrap());
+
     // With the server gone, calls fail with a transient connection error after the retries.
     server.stop();
     let mut config = server.config("default");

@@ -60,7 +60,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A blocking 0-db client for one namespace. Cheap to share between threads (`&ZdbClient` is `Sync`):
 /// each call borrows a pooled connection, or dials a new one, and returns it afterwards. A connection
 /// that failed is dropped, together with all idle ones (a server restart breaks them all), and the call
-/// is retried with exponential backoff when the failure was transient ([`StoreError::is_transient`]).
+/// is retried with exponential backoff when the failure was transient ([`StoreError::is_transient`]);
+/// a pooled connection found closed is replaced at once without counting as a retry.
 /// Every command this client sends on its own (GET, SET, EXISTS, MGET) is idempotent, so a retried
 /// pipeline is safe. Server error replies are never retried.
 pub struct ZdbClient {
@@ -118,8 +119,10 @@ impl ZdbClient {
         mut op: impl FnMut(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut attempt = 0u32;
+        let mut replaced_stale = false;
         loop {
             let pooled = self.idle().pop();
+            let reused = pooled.is_some();
             let result = match pooled {
                 Some(conn) => Ok(conn),
                 None => Connection::open(&self.config),
@@ -132,6 +135,12 @@ impl ZdbClient {
                         idle.push(conn);
                     }
                     return Ok(value);
+                }
+                // A pooled connection the server closed meanwhile (restart, idle timeout): drop the pool
+                // and dial afresh at once, without using up a retry.
+                Err(StoreError::Connection { .. }) if reused && !replaced_stale => {
+                    self.idle().clear();
+                    replaced_stale = true;
                 }
                 Err(e) if e.is_transient() && attempt < self.config.retries => {
                     // The failed connection is gone; idle ones probably share its fate.
