@@ -109,3 +109,12 @@ pub fn open(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> {
         StoreLocation::Zdb(config) => Ok(Arc::new(ZdbStore::connect(config)?)),
     }
 }
+
+/// Like [`open`], but a `zdb` store does not dial until first used, so opening succeeds while the server
+/// is down (each call then fails, or succeeds once the server is back). The URL is still fully checked.
+pub fn open_lazy(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> {
+    match StoreLocation::parse(url)? {
+        StoreLocation::Dir(path) => Ok(Arc::new(DirStore::open(path)?)),
+        StoreLocation::Zdb(config) => Ok(Arc::new(ZdbStore::new(config))),
+    }
+}

@@ -299,6 +299,16 @@ fn reconnects_after_the_server_restarts() {
 
     // With the server gone, calls fail with a transient connection error after the retries.
     server.stop();
+    let url = format!("{}?retries=0", server.url("default"));
+    assert!(
+        store::open(&url).is_err(),
+        "open dials and must fail while the server is down"
+    );
+    let lazy = store::open_lazy(&url).unwrap();
+    assert!(lazy.get(&id).unwrap_err().is_transient());
+    server.restart();
+    assert_eq!(lazy.get(&id).unwrap().as_deref(), Some(data.as_slice()));
+    server.stop();
     let mut config = server.config("default");
     config.retries = 1;
     config.retry_backoff = Duration::from_millis(10);
