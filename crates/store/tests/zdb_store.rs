@@ -276,6 +276,51 @@ fn secure_select_and_secure_admin_auth() {
 }
 
 #[test]
+fn protected_default_namespace_and_plain_admin_auth() {
+    let server = Server::start(|args| {
+        args.admin = Some("adminpw".into());
+        args.protect = true;
+    });
+    let (id, data) = object(20, 2000);
+    let anonymous = store::open(&server.url("default")).unwrap();
+    let err = anonymous.put(&id, &data).unwrap_err();
+    assert!(matches!(err, StoreError::Server { .. }), "{err:?}");
+
+    // SELECT default <admin password> unlocks writes, as with 0-db's --protect.
+    let unlocked =
+        store::open(&format!("zdb://:adminpw@127.0.0.1:{}/default", server.port)).unwrap();
+    unlocked.put(&id, &data).unwrap();
+    assert_eq!(
+        anonymous.get(&id).unwrap().as_deref(),
+        Some(data.as_slice())
+    );
+
+    // Plain AUTH with the admin password allows namespace administration.
+    let admin = ZdbClient::connect(
+        match StoreLocation::parse(&format!("{}?admin=adminpw", server.url("default"))).unwrap() {
+            StoreLocation::Zdb(c) => c,
+            other => panic!("{other:?}"),
+        },
+    )
+    .unwrap();
+    admin
+        .command(&[b"NSNEW".as_slice(), b"made-by-admin"])
+        .unwrap();
+    store::open(&server.url("made-by-admin")).unwrap();
+
+    // A wrong admin password is refused when connecting; so is an unknown namespace.
+    let wrong = format!("{}?admin=nope", server.url("default"));
+    assert!(matches!(
+        store::open(&wrong),
+        Err(StoreError::Server { .. })
+    ));
+    assert!(matches!(
+        store::open(&server.url("no-such-namespace")),
+        Err(StoreError::Server { .. })
+    ));
+}
+
+#[test]
 fn reconnects_after_the_server_restarts() {
     let mut server = Server::start(|_| {});
     let store = ZdbStore::connect(server.config("default")).unwrap();
