@@ -354,6 +354,26 @@ fn generated_tree_round_trips_byte_identical() {
     let text = ok(&["inspect", p(&img)]);
     assert!(text.contains("dedup ratio"), "{text}");
 
+    // Packing the same tree with the same options gives the same manifest bytes (reproducible).
+    let same = tmp.path().join("same.img");
+    pack_json(
+        &src,
+        &store,
+        &same,
+        &[
+            "--chunk-size",
+            "64K",
+            "--chain",
+            "test",
+            "--label",
+            "db=rocksdb",
+        ],
+    );
+    assert!(
+        fs::read(&same).unwrap() == fs::read(&img).unwrap(),
+        "manifest not reproducible"
+    );
+
     // Packing the same tree again uploads nothing.
     let again = pack_json(
         &src,

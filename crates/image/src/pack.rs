@@ -21,7 +21,7 @@ use store::ChunkStore;
 use crate::codec::{encode_chunk, EncodedChunk};
 use crate::writer::{ManifestBuilder, NewInode};
 use crate::{
-    ChunkId, FileKind, ImageError, ImageManifest, Ino, XattrList, DEFAULT_CHUNK_SIZE,
+    ChunkId, ChunkRef, FileKind, ImageError, ImageManifest, Ino, XattrList, DEFAULT_CHUNK_SIZE,
     DEFAULT_ZSTD_LEVEL, ROOT_INO,
 };
 
@@ -203,9 +203,12 @@ fn walk(
     summary.directories += 1;
     let mut stack: Vec<(PathBuf, Ino)> = vec![(src.to_path_buf(), ROOT_INO)];
     while let Some((dir, dir_ino)) = stack.pop() {
-        let rd = fs::read_dir(&dir).map_err(|e| io_err("read directory", &dir, e))?;
-        for entry in rd {
-            let entry = entry.map_err(|e| io_err("read directory", &dir, e))?;
+        let mut entries = fs::read_dir(&dir)
+            .and_then(|rd| rd.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| io_err("read directory", &dir, e))?;
+        // Name order makes inode numbering, and so the manifest bytes, reproducible.
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
             let path = entry.path();
             let name = entry.file_name();
             let meta = fs::symlink_metadata(&path).map_err(|e| io_err("stat", &path, e))?;
@@ -409,6 +412,8 @@ pub fn pack(
     let (batch_tx, batch_rx) = bounded::<UploadBatch>(upload_threads);
     let upload_totals = Mutex::new(UploadCounts::default());
 
+    let mut chunks: Vec<ChunkRef> = Vec::new();
+    let mut seen: HashMap<ChunkId, u32> = HashMap::new();
     std::thread::scope(|scope| {
         // Producer: opens files, finds holes, hands out chunk jobs.
         let failure_ref = &failure;
@@ -473,6 +478,7 @@ pub fn pack(
         }
         drop(batch_rx);
         // Collector (this thread): dedup, record chunk refs, form upload batches.
+        // Distinct chunks in arrival order; renumbered in file order below so the manifest is reproducible.
         let mut pending: UploadBatch = Vec::with_capacity(batch_chunks);
         let mut pending_bytes = 0usize;
         for done in done_rx {
@@ -487,11 +493,14 @@ pub fn pack(
             };
             summary.chunks_total += 1;
             let id = enc.chunk_ref.id;
-            if let Some(i) = builder.chunk_index_of(&id) {
+            if let Some(&i) = seen.get(&id) {
                 *slot = Some(i);
                 continue;
             }
-            *slot = Some(builder.add_chunk(enc.chunk_ref));
+            let i = chunks.len() as u32;
+            chunks.push(enc.chunk_ref);
+            seen.insert(id, i);
+            *slot = Some(i);
             summary.bytes_stored += u64::from(enc.chunk_ref.stored_len);
             if base_ids.contains(&id) {
                 continue;
@@ -516,7 +525,14 @@ pub fn pack(
         return Err(e);
     }
     for (f, s) in files.iter().zip(&slots) {
-        builder.set_file_chunks(f.ino, s)?;
+        let canonical: Vec<Option<u32>> = s
+            .iter()
+            .map(|slot| {
+                slot.and_then(|i| chunks.get(i as usize))
+                    .map(|r| builder.add_chunk(*r))
+            })
+            .collect();
+        builder.set_file_chunks(f.ino, &canonical)?;
         let holes = s.iter().enumerate().filter(|(_, c)| c.is_none());
         summary.hole_bytes += holes
             .map(|(i, _)| (f.size - i as u64 * cs).min(cs))
