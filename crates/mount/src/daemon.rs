@@ -443,7 +443,8 @@ impl MountedImage {
             pid: std::process::id(),
             image,
             mountpoint,
-            cache_dir: config.cache.dir.clone(),
+            cache_dir: std::path::absolute(&config.cache.dir)
+                .unwrap_or_else(|_| config.cache.dir.clone()),
             cache_max_bytes: config.cache.max_bytes,
             store_overrides: config.store_overrides.clone(),
             metrics_addr,

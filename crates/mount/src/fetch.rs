@@ -527,3 +527,204 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheConfig;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use store::StoreError;
+
+    /// An in-memory store that counts requests, can fail its first `fail_first` requests, and can
+    /// delay every answer.
+    #[derive(Default)]
+    struct TestStore {
+        objects: Mutex<HashMap<ChunkId, Vec<u8>>>,
+        requests: AtomicU32,
+        fail_first: u32,
+        delay: Duration,
+    }
+
+    impl ChunkStore for TestStore {
+        fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+            let n = self.requests.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+            if n < self.fail_first {
+                return Err(StoreError::InvalidId("simulated outage".into()));
+            }
+            Ok(self.objects.lock().expect("lock").get(id).cloned())
+        }
+        fn put(&self, id: &ChunkId, data: &[u8]) -> Result<(), StoreError> {
+            self.objects
+                .lock()
+                .expect("lock")
+                .insert(*id, data.to_vec());
+            Ok(())
+        }
+        fn has(&self, id: &ChunkId) -> Result<bool, StoreError> {
+            Ok(self.objects.lock().expect("lock").contains_key(id))
+        }
+        fn public_url(&self) -> String {
+            "test://".into()
+        }
+    }
+
+    fn chunk(seed: u8) -> (ChunkRef, Vec<u8>, Vec<u8>) {
+        let plain: Vec<u8> = (0..100_000u32).map(|i| (i as u8) ^ seed).collect();
+        let enc = image::encode_chunk(&plain, 1).expect("encode");
+        (enc.chunk_ref, enc.stored, plain)
+    }
+
+    fn fetcher(store: Arc<TestStore>, dir: &std::path::Path, timeout: Duration) -> Fetcher {
+        let cache = HostCache::open(&CacheConfig {
+            dir: dir.to_path_buf(),
+            max_bytes: 1 << 30,
+            durable: false,
+        })
+        .expect("cache");
+        Fetcher::new(
+            vec![store as Arc<dyn ChunkStore>],
+            cache,
+            Arc::new(Metrics::new()),
+            FetchConfig {
+                timeout,
+                initial_backoff: Duration::from_millis(10),
+                memory_chunks: 0,
+                ..FetchConfig::default()
+            },
+        )
+    }
+
+    #[test]
+    fn concurrent_misses_fetch_once_then_cache_serves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(TestStore {
+            delay: Duration::from_millis(200),
+            ..Default::default()
+        });
+        let (r, stored, plain) = chunk(1);
+        store.put(&r.id, &stored).expect("put");
+        let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_secs(10));
+        std::thread::scope(|s| {
+            for i in 0..8u64 {
+                let (f, r, plain) = (&f, &r, &plain);
+                s.spawn(move || {
+                    let got = f.read(r, i * 1000, 500).expect("read");
+                    assert_eq!(got, &plain[(i * 1000) as usize..(i * 1000 + 500) as usize]);
+                });
+            }
+        });
+        assert_eq!(store.requests.load(Ordering::SeqCst), 1);
+        assert_eq!(f.metrics().chunks_fetched.get(), 1);
+        // The cache now answers without the store.
+        assert_eq!(f.read(&r, 99_990, 100).expect("read"), &plain[99_990..]);
+        assert_eq!(store.requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn store_errors_are_retried_until_success() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(TestStore {
+            fail_first: 3,
+            ..Default::default()
+        });
+        let (r, stored, plain) = chunk(2);
+        store.put(&r.id, &stored).expect("put");
+        let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_secs(10));
+        assert_eq!(*f.get(&r).expect("get after retries"), plain);
+        assert_eq!(store.requests.load(Ordering::SeqCst), 4);
+        assert_eq!(f.metrics().store_errors.get(), 3);
+    }
+
+    #[test]
+    fn persistent_outage_fails_within_the_timeout_then_recovers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(TestStore {
+            fail_first: u32::MAX,
+            ..Default::default()
+        });
+        let (r, stored, _) = chunk(3);
+        store.put(&r.id, &stored).expect("put");
+        let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_millis(300));
+        let err = f.get(&r).expect_err("outage");
+        assert!(
+            matches!(
+                err,
+                FetchError::Unavailable { .. } | FetchError::Timeout { .. }
+            ),
+            "{err}"
+        );
+        // A failed flight is forgotten: the next read asks the store again.
+        let before = store.requests.load(Ordering::SeqCst);
+        let _ = f.get(&r);
+        assert!(store.requests.load(Ordering::SeqCst) > before);
+    }
+
+    #[test]
+    fn hung_store_gives_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(TestStore {
+            delay: Duration::from_secs(2),
+            ..Default::default()
+        });
+        let (r, stored, _) = chunk(4);
+        store.put(&r.id, &stored).expect("put");
+        let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_millis(200));
+        let err = f.get(&r).expect_err("hung store");
+        assert!(matches!(err, FetchError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn corrupt_and_missing_objects_are_errors_never_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(TestStore::default());
+        let (r, mut stored, _) = chunk(5);
+        stored[7] ^= 1;
+        store.put(&r.id, &stored).expect("put");
+        let (missing, _, _) = chunk(6);
+        let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_secs(5));
+        assert!(matches!(f.get(&r), Err(FetchError::Corrupt { .. })));
+        assert!(
+            !f.cache().contains(&r.id, r.plain_len),
+            "corrupt data must not be cached"
+        );
+        assert!(matches!(f.get(&missing), Err(FetchError::Missing(_))));
+        assert_eq!(f.metrics().corrupt_chunks.get(), 1);
+    }
+
+    #[test]
+    fn prefetch_and_fetch_into_cache_fill_the_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(TestStore::default());
+        let chunks: Vec<_> = (10..20).map(chunk).collect();
+        for (r, stored, _) in &chunks {
+            store.put(&r.id, stored).expect("put");
+        }
+        let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_secs(5));
+        let refs: Vec<ChunkRef> = chunks.iter().map(|c| c.0).collect();
+        f.prefetch(&refs[..5]);
+        let results = f.fetch_into_cache(&refs);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        for (r, _, plain) in &chunks {
+            assert!(f.cache().contains(&r.id, r.plain_len));
+            assert_eq!(&*f.get(r).expect("get"), plain);
+        }
+        assert_eq!(
+            store.requests.load(Ordering::SeqCst),
+            10,
+            "each chunk fetched once"
+        );
+    }
+
+    #[test]
+    fn rate_limiter_paces_bytes() {
+        let limiter = RateLimiter::new(1_000_000);
+        let start = Instant::now();
+        for _ in 0..6 {
+            limiter.acquire(100_000);
+        }
+        // 600 kB at 1 MB/s with a 250 kB burst takes at least ~0.35 s.
+        assert!(start.elapsed() >= Duration::from_millis(300));
+    }
+}
