@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use image::{ChunkRef, ImageError, ImageManifest, Ino};
 
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::{ChunkBytes, FetchError, Fetcher};
 use crate::trace::TraceRecorder;
 
 /// How far (bytes) a read may land from where the previous one ended and still count as sequential.
@@ -87,7 +87,7 @@ impl BaseReader {
     }
 
     /// Reads up to `len` bytes at `offset` of file `ino` (fewer at end of file), without readahead.
-    pub fn read(&self, ino: Ino, offset: u64, len: usize) -> Result<Vec<u8>, ReadError> {
+    pub fn read(&self, ino: Ino, offset: u64, len: usize) -> Result<ChunkBytes, ReadError> {
         self.read_inner(ino, offset, len, None)
     }
 
@@ -99,7 +99,7 @@ impl BaseReader {
         offset: u64,
         len: usize,
         state: &Mutex<ReadState>,
-    ) -> Result<Vec<u8>, ReadError> {
+    ) -> Result<ChunkBytes, ReadError> {
         self.read_inner(ino, offset, len, Some(state))
     }
 
@@ -109,10 +109,10 @@ impl BaseReader {
         offset: u64,
         len: usize,
         state: Option<&Mutex<ReadState>>,
-    ) -> Result<Vec<u8>, ReadError> {
+    ) -> Result<ChunkBytes, ReadError> {
         let size = self.manifest.getattr(ino)?.size;
         if offset >= size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(ChunkBytes::Owned(Vec::new()));
         }
         let end = offset.saturating_add(len as u64).min(size);
         let cs = self.chunk_size;
@@ -136,13 +136,13 @@ impl BaseReader {
             let present: Vec<ChunkRef> = refs.iter().flatten().copied().collect();
             self.fetcher.prefetch(&present);
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pieces: Vec<ChunkBytes> = Vec::with_capacity(refs.len());
         let mut pos = offset;
         for r in refs {
             let within = pos % cs;
             let n = (cs - within).min(end - pos) as usize;
             match r {
-                None => out.resize(out.len() + n, 0),
+                None => pieces.push(ChunkBytes::Owned(vec![0; n])),
                 Some(r) => {
                     let bytes =
                         self.fetcher
@@ -155,13 +155,23 @@ impl BaseReader {
                     if bytes.len() != n {
                         return Err(ReadError::ShortChunk { ino, offset: pos });
                     }
-                    out.extend_from_slice(&bytes);
+                    pieces.push(bytes);
                 }
             }
             pos += n as u64;
         }
-        self.fetcher.metrics().bytes_read.inc_by(out.len() as u64);
-        Ok(out)
+        self.fetcher.metrics().bytes_read.inc_by(end - offset);
+        // One piece (the common case: a read inside one chunk) is handed over without copying.
+        if pieces.len() == 1 {
+            if let Some(piece) = pieces.pop() {
+                return Ok(piece);
+            }
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for piece in &pieces {
+            out.extend_from_slice(piece);
+        }
+        Ok(ChunkBytes::Owned(out))
     }
 
     fn readahead(&self, ino: Ino, offset: u64, end: u64, size: u64, state: &mut ReadState) {

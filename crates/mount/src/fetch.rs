@@ -92,6 +92,36 @@ impl Default for FetchConfig {
 
 type FlightResult = Result<Arc<Vec<u8>>, FetchError>;
 
+/// Bytes read from a chunk: owned, or a range of a decoded chunk shared with the fetcher's memory.
+#[derive(Clone, Debug)]
+pub enum ChunkBytes {
+    /// Bytes of their own.
+    Owned(Vec<u8>),
+    /// A range of a shared decoded chunk.
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl std::ops::Deref for ChunkBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkBytes::Owned(v) => v,
+            ChunkBytes::Shared(data, range) => data.get(range.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+impl ChunkBytes {
+    /// The bytes as an owned vector (copies shared bytes).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            ChunkBytes::Owned(v) => v,
+            ChunkBytes::Shared(..) => self.to_vec(),
+        }
+    }
+}
+
 /// One in-progress fetch of one chunk; every reader that misses on the chunk waits on it.
 #[derive(Default)]
 struct Flight {
@@ -250,27 +280,30 @@ impl Fetcher {
         &self.core.metrics
     }
 
-    /// Reads `len` bytes at `offset` within chunk `r` (fewer at the chunk's end).
-    pub fn read(&self, r: &ChunkRef, offset: u64, len: usize) -> Result<Vec<u8>, FetchError> {
-        let slice = |data: &[u8]| -> Vec<u8> {
-            let start = (offset as usize).min(data.len());
+    /// Reads `len` bytes at `offset` within chunk `r` (fewer at the chunk's end). Bytes of a chunk held in
+    /// memory are shared, not copied.
+    pub fn read(&self, r: &ChunkRef, offset: u64, len: usize) -> Result<ChunkBytes, FetchError> {
+        let shared = |data: Arc<Vec<u8>>| -> ChunkBytes {
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
             let end = start.saturating_add(len).min(data.len());
-            data.get(start..end).map(<[u8]>::to_vec).unwrap_or_default()
+            ChunkBytes::Shared(data, start..end)
         };
         if let Some(data) = self.core.recent_get(&r.id) {
             self.core.metrics.cache_hits.inc();
-            return Ok(slice(&data));
+            return Ok(shared(data));
         }
         match self.core.cache.read(&r.id, r.plain_len, offset, len) {
             Ok(Some(bytes)) => {
                 self.core.metrics.cache_hits.inc();
-                return Ok(bytes);
+                return Ok(ChunkBytes::Owned(bytes));
             }
             Ok(None) => {}
             Err(e) => tracing::warn!("{e}; fetching chunk {} from the store", r.id),
         }
         let data = self.fetch(r)?;
-        Ok(slice(&data))
+        Ok(shared(data))
     }
 
     /// The whole plaintext of chunk `r`.
@@ -611,14 +644,17 @@ mod tests {
                 let (f, r, plain) = (&f, &r, &plain);
                 s.spawn(move || {
                     let got = f.read(r, i * 1000, 500).expect("read");
-                    assert_eq!(got, &plain[(i * 1000) as usize..(i * 1000 + 500) as usize]);
+                    assert_eq!(
+                        &*got,
+                        &plain[(i * 1000) as usize..(i * 1000 + 500) as usize]
+                    );
                 });
             }
         });
         assert_eq!(store.requests.load(Ordering::SeqCst), 1);
         assert_eq!(f.metrics().chunks_fetched.get(), 1);
         // The cache now answers without the store.
-        assert_eq!(f.read(&r, 99_990, 100).expect("read"), &plain[99_990..]);
+        assert_eq!(&*f.read(&r, 99_990, 100).expect("read"), &plain[99_990..]);
         assert_eq!(store.requests.load(Ordering::SeqCst), 1);
     }
 

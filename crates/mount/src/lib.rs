@@ -25,7 +25,7 @@ pub mod units;
 pub use cache::{CacheConfig, HostCache};
 pub use daemon::{MountConfig, MountError, MountedImage};
 pub use engine::{BaseReader, ReadError};
-pub use fetch::{FetchConfig, FetchError, Fetcher};
+pub use fetch::{ChunkBytes, FetchConfig, FetchError, Fetcher};
 pub use metrics::Metrics;
 
 /// The default host cache directory.
