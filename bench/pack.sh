@@ -3,14 +3,22 @@
 # `tar -c DIR | zstd -1 -T0 > out` on the same generated tree in the same run. Prints a markdown table of
 # medians over RUNS runs and the ratios pack/tar (goal: ≤ 1.0).
 #
-#   bash bench/pack.sh                 # 2 GiB tree, 3 runs
-#   SIZE_MB=512 RUNS=1 bash bench/pack.sh
+# Part 2 (incremental): builds a real ParityDB with crates/paritydb-harness, packs it, adds 1% new keys
+# (`paritydb-harness extend --fraction 0.01`), re-packs with --base, and prints the bytes uploaded by the
+# re-pack as a fraction of the first upload, per chunk size.
 #
-# Env: SIZE_MB (default 2048), RUNS (default 3), WORK (scratch dir, default /var/tmp/thinnode-bench-pack),
-# CARGO_TARGET_DIR (where the release binary is built, default target).
+#   bash bench/pack.sh                 # both parts: 2 GiB tree, 3 runs; 200 MB ParityDB
+#   SIZE_MB=512 RUNS=1 bash bench/pack.sh
+#   MODE=incremental bash bench/pack.sh
+#
+# Env: MODE (all | throughput | incremental; default all), SIZE_MB (default 2048), RUNS (default 3),
+# PDB_SIZE (ParityDB value bytes, default 200M), WORK (scratch dir, default /var/tmp/thinnode-bench-pack),
+# CARGO_TARGET_DIR (where the release binaries are built, default target).
 set -euo pipefail
 
+MODE=${MODE:-all}
 SIZE_MB=${SIZE_MB:-2048}
+PDB_SIZE=${PDB_SIZE:-200M}
 RUNS=${RUNS:-3}
 WORK=${WORK:-/var/tmp/thinnode-bench-pack}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,8 +27,9 @@ TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 command -v zstd >/dev/null || apt-get install -y zstd >/dev/null
 command -v tar >/dev/null || apt-get install -y tar >/dev/null
 
-(cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p thinnode)
+(cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p thinnode -p paritydb-harness)
 BIN=$TARGET/release/thinnode
+HARNESS=$TARGET/release/paritydb-harness
 
 ZDB_PID=""
 cleanup() {
@@ -31,6 +40,7 @@ trap cleanup EXIT
 rm -rf "$WORK"
 mkdir -p "$WORK/src"
 
+throughput() {
 # ---- generate the tree: 40% random (SST-like), 25% base64 (mildly compressible), 25% log text (very
 # compressible), 10% small files of mixed content.
 gen() {
@@ -126,3 +136,36 @@ row 'thinnode pack → thinnode zdb' "$M_ZDB"
 row 'thinnode pack again → zdb (all chunks present)' "$M_ZDB2"
 echo
 echo "raw seconds: tar ${T_TAR[*]} | dir ${T_DIR[*]} | zdb ${T_ZDB[*]} | zdb-again ${T_ZDB2[*]}"
+}
+
+incremental() {
+    local dir=$WORK/pdb json_up cs
+    rm -rf "$dir"; mkdir -p "$dir"
+    echo "building a ParityDB with $PDB_SIZE of values ..." >&2
+    "$HARNESS" build "$dir/db" --size "$PDB_SIZE" >/dev/null
+    local sizes="1M 256K 64K"
+    json_up() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["bytes_uploaded"], d["chunks_new"], d["chunks_unique"], d["logical_bytes"])' "$1"; }
+    for cs in $sizes; do
+        "$BIN" pack "$dir/db" --store "dir://$dir/store-$cs" --out "$dir/v1-$cs.img" --chunk-size "$cs" --json >"$dir/v1-$cs.json"
+    done
+    "$HARNESS" extend "$dir/db" --fraction 0.01 >/dev/null
+    echo
+    echo "ParityDB ($PDB_SIZE of values, $(du -sm "$dir/db" | cut -f1) MiB on disk); 1% new keys added, re-packed with --base"
+    echo
+    echo "| chunk size | first pack uploaded (MiB) | re-pack uploaded (MiB) | ratio re-pack / first | new chunks / unique |"
+    echo "|---|---|---|---|---|"
+    for cs in $sizes; do
+        "$BIN" pack "$dir/db" --store "dir://$dir/store-$cs" --out "$dir/v2-$cs.img" --chunk-size "$cs" --base "$dir/v1-$cs.img" --json >"$dir/v2-$cs.json"
+        read -r up1 _ _ _ < <(json_up "$dir/v1-$cs.json")
+        read -r up2 new2 uniq2 _ < <(json_up "$dir/v2-$cs.json")
+        printf '| %s | %.1f | %.1f | %.3f | %s / %s |\n' "$cs" "$(echo "$up1 / 1048576" | bc -l)" \
+            "$(echo "$up2 / 1048576" | bc -l)" "$(echo "$up2 / $up1" | bc -l)" "$new2" "$uniq2"
+    done
+}
+
+case "$MODE" in
+    all) throughput; incremental ;;
+    throughput) throughput ;;
+    incremental) incremental ;;
+    *) echo "MODE must be all, throughput or incremental" >&2; exit 2 ;;
+esac
