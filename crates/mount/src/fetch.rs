@@ -122,41 +122,85 @@ impl ChunkBytes {
     }
 }
 
+#[derive(Default)]
+struct FlightState {
+    result: Option<FlightResult>,
+    /// The outcome is final and, when it is a success, the chunk is in the host cache.
+    settled: bool,
+}
+
 /// One in-progress fetch of one chunk; every reader that misses on the chunk waits on it.
 #[derive(Default)]
 struct Flight {
-    result: Mutex<Option<FlightResult>>,
-    done: Condvar,
+    state: Mutex<FlightState>,
+    changed: Condvar,
 }
 
 impl Flight {
+    /// Publishes the outcome to readers (the chunk may not be cached yet).
     fn complete(&self, r: FlightResult) {
-        let mut slot = self.result.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(r);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.result.is_none() {
+            st.result = Some(r);
         }
-        self.done.notify_all();
+        self.changed.notify_all();
     }
 
-    fn wait(&self, id: ChunkId, timeout: Duration) -> FlightResult {
+    /// Marks the flight finished (chunk cached on success), publishing `r` if nothing was yet.
+    fn settle(&self, r: FlightResult) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.result.is_none() {
+            st.result = Some(r);
+        }
+        st.settled = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits for the outcome (or until it is settled, with `settled`), at most `timeout`.
+    fn wait_for(&self, id: ChunkId, timeout: Duration, settled: bool) -> FlightResult {
         let deadline = Instant::now() + timeout;
-        let mut slot = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(r) = slot.as_ref() {
-                return r.clone();
+            if st.settled || !settled {
+                if let Some(r) = st.result.as_ref() {
+                    return r.clone();
+                }
             }
             let now = Instant::now();
             if now >= deadline {
                 return Err(FetchError::Timeout { id, after: timeout });
             }
-            slot = self
-                .done
-                .wait_timeout(slot, deadline - now)
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
     }
+
+    fn wait(&self, id: ChunkId, timeout: Duration) -> FlightResult {
+        self.wait_for(id, timeout, false)
+    }
+
+    fn wait_settled(&self, id: ChunkId, timeout: Duration) -> FlightResult {
+        self.wait_for(id, timeout, true)
+    }
 }
+
+type FlightTable = Arc<Mutex<HashMap<ChunkId, Arc<Flight>>>>;
+
+/// Removes the flight of `id` from `flights` and settles it with `result`.
+fn settle_flight(flights: &FlightTable, id: &ChunkId, result: FlightResult) {
+    let flight = flights.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    if let Some(f) = flight {
+        f.settle(result);
+    }
+}
+
+/// Chunks waiting to be written to the host cache, at most this many (back-pressure on fetching).
+const CACHE_WRITE_QUEUE: usize = 64;
+/// Threads writing fetched chunks to the host cache.
+const CACHE_WRITERS: usize = 2;
 
 /// Token bucket over bytes.
 struct RateLimiter {
@@ -198,9 +242,11 @@ struct Core {
     cache: Arc<HostCache>,
     metrics: Arc<Metrics>,
     config: FetchConfig,
-    flights: Mutex<HashMap<ChunkId, Arc<Flight>>>,
+    flights: FlightTable,
     recent: Mutex<VecDeque<(ChunkId, Arc<Vec<u8>>)>>,
     limiter: Option<RateLimiter>,
+    /// Hands decoded chunks to the cache writers, so fetch workers do not wait on the disk.
+    cache_writes: Option<Sender<(ChunkRef, Arc<Vec<u8>>)>>,
 }
 
 /// Produces verified plaintext chunks; see the module docs. Share with `Arc`.
@@ -229,14 +275,36 @@ impl Fetcher {
         config: FetchConfig,
     ) -> Fetcher {
         let limiter = config.rate_limit.map(RateLimiter::new);
+        let flights: FlightTable = Arc::new(Mutex::new(HashMap::new()));
+        let (write_tx, write_rx) =
+            crossbeam_channel::bounded::<(ChunkRef, Arc<Vec<u8>>)>(CACHE_WRITE_QUEUE);
+        let mut writers = 0;
+        for i in 0..CACHE_WRITERS {
+            let (cache, flights, rx) = (Arc::clone(&cache), Arc::clone(&flights), write_rx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("cache-write-{i}"))
+                .spawn(move || {
+                    for (r, plain) in rx {
+                        if let Err(e) = cache.insert(&r.id, &plain) {
+                            tracing::warn!("cannot cache chunk {}: {e}", r.id);
+                        }
+                        settle_flight(&flights, &r.id, Ok(plain));
+                    }
+                });
+            match spawned {
+                Ok(_) => writers += 1,
+                Err(e) => tracing::error!("cannot start cache writer: {e}"),
+            }
+        }
         let core = Arc::new(Core {
             stores,
             cache,
             metrics,
             config,
-            flights: Mutex::new(HashMap::new()),
+            flights,
             recent: Mutex::new(VecDeque::new()),
             limiter,
+            cache_writes: (writers > 0).then_some(write_tx),
         });
         let (demand_tx, demand_rx) = unbounded::<Vec<ChunkRef>>();
         let (prefetch_tx, prefetch_rx) = unbounded::<Vec<ChunkRef>>();
@@ -377,7 +445,7 @@ impl Fetcher {
             .zip(flights)
             .map(|(r, flight)| match flight {
                 None => Ok(()),
-                Some(f) => f.wait(r.id, self.core.config.timeout).map(|_| ()),
+                Some(f) => f.wait_settled(r.id, self.core.config.timeout).map(|_| ()),
             })
             .collect()
     }
@@ -424,14 +492,7 @@ impl Core {
     }
 
     fn finish_flight(&self, id: &ChunkId, result: FlightResult) {
-        let flight = self
-            .flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        if let Some(f) = flight {
-            f.complete(result);
-        }
+        settle_flight(&self.flights, id, result);
     }
 
     fn flight(&self, id: &ChunkId) -> Option<Arc<Flight>> {
@@ -540,11 +601,17 @@ impl Core {
                 if let Some(f) = self.flight(&r.id) {
                     f.complete(Ok(Arc::clone(&plain)));
                 }
-                if let Err(e) = self.cache.insert(&r.id, &plain) {
-                    tracing::warn!("cannot cache chunk {}: {e}", r.id);
-                }
                 self.recent_put(r.id, Arc::clone(&plain));
-                self.finish_flight(&r.id, Ok(plain));
+                let queued = self
+                    .cache_writes
+                    .as_ref()
+                    .is_some_and(|w| w.send((*r, Arc::clone(&plain))).is_ok());
+                if !queued {
+                    if let Err(e) = self.cache.insert(&r.id, &plain) {
+                        tracing::warn!("cannot cache chunk {}: {e}", r.id);
+                    }
+                    self.finish_flight(&r.id, Ok(plain));
+                }
             }
             Err(e) => {
                 self.metrics.corrupt_chunks.inc();
