@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Fetch throughput of the zdb:// chunk store from a local server (our `zdb`, or any 0-db given with ZDB_BIN),
+# Fetch (and store) throughput of the zdb:// chunk store from a local server (our `zdb`, or any 0-db given with ZDB_BIN),
 # against plain loopback TCP measured in the same run.
 #
 #   bash bench/store-fetch.sh [COUNT] [SIZE_BYTES] [RUNS]      (defaults: 512 objects of 1 MiB, 3 runs)
 #
-# Prints one table row per mode: median MB/s over RUNS and the ratio to loopback TCP moving the same bytes.
+# Prints one table row per mode: median MB/s over RUNS interleaved rounds and the median of the per-round
+# ratio to loopback TCP moving the same bytes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,29 +33,53 @@ URL="zdb://127.0.0.1:$PORT/default"
 "$BENCH" fill --store "$URL" --ids "$WORK/ids" --count "$COUNT" --size "$SIZE"
 BYTES=$((COUNT * SIZE))
 
-# median MB/s of RUNS runs of: $BENCH <args>
-median() {
-  for _ in $(seq "$RUNS"); do "$BENCH" "$@" | sed -n 's/.*MB\/s=\([0-9]*\).*/\1/p'; done | sort -n |
-    awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'
-}
+# MB/s printed by one run of: $BENCH <args>
+rate() { "$BENCH" "$@" | sed -n 's/.*MB\/s=\([0-9]*\).*/\1/p'; }
 
-BASE=$(median loopback --bytes "$BYTES")
-printf '\nzdb fetch of %d objects of %d bytes (%d MiB), median of %d runs, %s\n\n' \
-  "$COUNT" "$SIZE" $((BYTES >> 20)) "$RUNS" "$(nproc) cores"
-printf '| mode | MB/s | vs loopback TCP |\n|---|---:|---:|\n'
-printf '| loopback TCP, 1 MiB writes (baseline) | %s | 1.00 |\n' "$BASE"
-row() {
-  local label=$1; shift
-  local rate
-  rate=$(median fetch --store "$URL" --ids "$WORK/ids" "$@")
-  printf '| %s | %s | %s |\n' "$label" "$rate" "$(awk -v a="$rate" -v b="$BASE" 'BEGIN {printf "%.2f", a/b}')"
-}
-row "get_each, batches of 64 (ChunkStore, streamed, reused buffer)" --mode each --batch 64
-row "get_many, batches of 64 (ChunkStore, pipelined GET)" --mode many --batch 64
-row "get_many, batches of 16 (ChunkStore, pipelined GET)" --mode many --batch 16
-row "MGET, batches of 64" --mode mget --batch 64
-row "one GET at a time" --mode single
-# The same get_many with glibc told not to hand freed memory back to the kernel: shows how much of the
-# gap is page faults on freshly allocated result buffers rather than the protocol.
-GLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967295:glibc.malloc.mmap_threshold=33554432 \
-  row "get_many, batches of 64, glibc trim/mmap thresholds raised" --mode many --batch 64
+# Each round measures the baseline and then every mode once, so that load from other processes on this
+# shared machine hits the baseline and the modes alike; ratios are taken within a round.
+MODES=(
+  "get_each, batches of 64 (ChunkStore, streamed, reused buffer)|fetch --mode each --batch 64"
+  "get_many, batches of 64 (ChunkStore, pipelined GET)|fetch --mode many --batch 64"
+  "get_many, batches of 16 (ChunkStore, pipelined GET)|fetch --mode many --batch 16"
+  "MGET, batches of 64|fetch --mode mget --batch 64"
+  "one GET at a time|fetch --mode single"
+  "get_many, batches of 64, glibc trim/mmap thresholds raised|fetch --mode many --batch 64 --tuned-malloc"
+  "put, one at a time (fresh objects)|store --batch 1"
+  "put_many, batches of 64 (pipelined SET, fresh objects)|store --batch 64"
+)
+TUNED=glibc.malloc.trim_threshold=4294967295:glibc.malloc.mmap_threshold=33554432
+RESULTS="$WORK/results"
+: >"$RESULTS"
+for round in $(seq "$RUNS"); do
+  base=$(rate loopback --bytes "$BYTES")
+  printf 'baseline\t%s\t%s\n' "$round" "$base" >>"$RESULTS"
+  for entry in "${MODES[@]}"; do
+    label=${entry%%|*}
+    read -r -a args <<<"${entry#*|}"
+    env_prefix=()
+    kept=()
+    for a in "${args[@]}"; do
+      if [[ $a == --tuned-malloc ]]; then env_prefix=(env "GLIBC_TUNABLES=$TUNED"); else kept+=("$a"); fi
+    done
+    args=("${kept[@]}")
+    case ${args[0]} in
+      fetch) r=$("${env_prefix[@]}" "$BENCH" "${args[@]}" --store "$URL" --ids "$WORK/ids" | sed -n 's/.*MB\/s=\([0-9]*\).*/\1/p') ;;
+      store) r=$("$BENCH" "${args[@]}" --store "$URL" --count "$COUNT" --size "$SIZE" | sed -n 's/.*MB\/s=\([0-9]*\).*/\1/p') ;;
+    esac
+    printf '%s\t%s\t%s\t%s\n' "$label" "$round" "$r" "$(awk -v a="$r" -v b="$base" 'BEGIN {printf "%.3f", a/b}')" >>"$RESULTS"
+  done
+done
+
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+printf '\nzdb store of %d objects of %d bytes (%d MiB), %d interleaved rounds, %s cores\n\n' \
+  "$COUNT" "$SIZE" $((BYTES >> 20)) "$RUNS" "$(nproc)"
+printf '| mode | median MB/s | median ratio to loopback TCP in the same round |\n|---|---:|---:|\n'
+printf '| loopback TCP, 1 MiB writes (baseline) | %s | 1.00 |\n' \
+  "$(awk -F'\t' '$1 == "baseline" {print $3}' "$RESULTS" | median)"
+for entry in "${MODES[@]}"; do
+  label=${entry%%|*}
+  mbs=$(awk -F'\t' -v l="$label" '$1 == l {print $3}' "$RESULTS" | median)
+  ratio=$(awk -F'\t' -v l="$label" '$1 == l {print $4}' "$RESULTS" | median)
+  printf '| %s | %s | %.2f |\n' "$label" "$mbs" "$ratio"
+done

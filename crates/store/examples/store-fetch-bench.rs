@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! store-fetch-bench fill  --store URL --ids FILE --count N [--size BYTES]
+//! store-fetch-bench store --store URL --count N [--size BYTES] [--batch N]
 //! store-fetch-bench fetch --store URL --ids FILE [--batch N] [--mode many|single]
 //! store-fetch-bench loopback --bytes N
 //! ```
@@ -52,6 +53,18 @@ enum Command {
         #[arg(long, default_value_t = 1 << 20)]
         size: usize,
     },
+    /// Generates `count` fresh objects of `size` bytes in memory, then times storing them with `put_many`
+    /// in batches of `batch` (`put` one by one when `batch` is 1).
+    Store {
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 1 << 20)]
+        size: usize,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
     /// Fetches every id listed in `ids` and reports the rate.
     Fetch {
         #[arg(long)]
@@ -71,6 +84,18 @@ enum Command {
     },
 }
 
+/// `len` bytes from a xorshift generator (fast, not cryptographic: incompressible enough for a store).
+fn pseudo_random(seed: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed as u8
+        })
+        .collect()
+}
+
 fn report(what: &str, bytes: u64, start: Instant) {
     let secs = start.elapsed().as_secs_f64();
     println!(
@@ -81,6 +106,42 @@ fn report(what: &str, bytes: u64, start: Instant) {
 
 fn main() -> Result<()> {
     match Args::parse().command {
+        Command::Store {
+            store,
+            count,
+            size,
+            batch,
+        } => {
+            let store = store::open(&store)?;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64);
+            let mut seed = nanos | 1;
+            let objects: Vec<(ChunkId, Vec<u8>)> = (0..count)
+                .map(|_| {
+                    let object = pseudo_random(&mut seed, size);
+                    (ChunkId::of(&object), object)
+                })
+                .collect();
+            let start = Instant::now();
+            if batch <= 1 {
+                for (id, object) in &objects {
+                    store.put(id, object)?;
+                }
+            } else {
+                for chunk in objects.chunks(batch) {
+                    let items: Vec<(ChunkId, &[u8])> =
+                        chunk.iter().map(|(id, o)| (*id, o.as_slice())).collect();
+                    store.put_many(&items)?;
+                }
+            }
+            let what = if batch <= 1 {
+                "put".to_string()
+            } else {
+                format!("put_many(batch={batch})")
+            };
+            report(&what, (count * size) as u64, start);
+        }
         Command::Fill {
             store,
             ids,
@@ -91,14 +152,7 @@ fn main() -> Result<()> {
             let mut seed = 0x9e37_79b9_7f4a_7c15u64;
             let mut listing = String::new();
             for _ in 0..count {
-                let object: Vec<u8> = (0..size)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        seed as u8
-                    })
-                    .collect();
+                let object = pseudo_random(&mut seed, size);
                 let id = ChunkId::of(&object);
                 store.put(&id, &object)?;
                 listing.push_str(&id.to_hex());
