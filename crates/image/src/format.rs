@@ -40,6 +40,8 @@ pub enum Section {
     Pool = 5,
     /// Store URLs and labels.
     Meta = 6,
+    /// Optional source stamps (identity and ctime of each packed file), indexed by `ino - 1`.
+    SourceStamps = 7,
 }
 
 /// Inode record length.
@@ -52,6 +54,8 @@ pub const SLOT_LEN: usize = 4;
 pub const CHUNK_LEN: usize = 80;
 /// Extended attribute record length.
 pub const XATTR_LEN: usize = 24;
+/// Source stamp record length.
+pub const STAMP_LEN: usize = 32;
 /// The chunk slot value meaning "hole: reads as zeros, nothing stored".
 pub const HOLE: u32 = u32::MAX;
 /// Chunk record flag: the plaintext was zstd-compressed.
@@ -65,6 +69,7 @@ pub const fn record_len(section: usize) -> usize {
         2 => SLOT_LEN,
         3 => CHUNK_LEN,
         4 => XATTR_LEN,
+        7 => STAMP_LEN,
         _ => 0,
     }
 }

@@ -105,6 +105,20 @@ pub struct DirEntry {
     pub kind: FileKind,
 }
 
+/// Identity and change time of a packed file on the machine it was packed from. `pack --base` reuses the
+/// old image's chunks for a file whose path, size, mtime and stamp are all unchanged, without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceStamp {
+    /// `st_dev` of the source file.
+    pub dev: u64,
+    /// `st_ino` of the source file.
+    pub ino: u64,
+    /// `st_ctime` seconds.
+    pub ctime_sec: i64,
+    /// `st_ctime` nanoseconds.
+    pub ctime_nsec: u32,
+}
+
 /// Everything needed to fetch and decode one chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkRef {

@@ -21,8 +21,8 @@ use store::ChunkStore;
 use crate::codec::{encode_chunk, EncodedChunk};
 use crate::writer::{ManifestBuilder, NewInode};
 use crate::{
-    ChunkId, ChunkRef, FileKind, ImageError, ImageManifest, Ino, XattrList, DEFAULT_CHUNK_SIZE,
-    DEFAULT_ZSTD_LEVEL, ROOT_INO,
+    ChunkId, ChunkRef, FileKind, ImageError, ImageManifest, Ino, SourceStamp, XattrList,
+    DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL, ROOT_INO,
 };
 
 /// Options of [`pack`].
@@ -34,8 +34,11 @@ pub struct PackOptions {
     pub zstd_level: i32,
     /// Key to sign the manifest with.
     pub signer: Option<SigningKey>,
-    /// A previous image whose chunks the store is known to hold: their ids skip the existence check.
+    /// A previous image whose chunks the store is known to hold: their ids skip the existence check, and
+    /// files unchanged since it (same path, size, mtime, device, inode number and ctime) are not re-read.
     pub base: Option<PathBuf>,
+    /// With `base`: read every file even when it looks unchanged.
+    pub reread: bool,
     /// Free-form labels recorded in the manifest.
     pub labels: Vec<(String, String)>,
     /// Encoding threads (0: one per core).
@@ -55,6 +58,7 @@ impl Default for PackOptions {
             zstd_level: DEFAULT_ZSTD_LEVEL,
             signer: None,
             base: None,
+            reread: false,
             labels: Vec::new(),
             threads: 0,
             upload_threads: 4,
@@ -85,6 +89,8 @@ pub struct PackSummary {
     pub special_files: u64,
     /// Extra names of hardlinked files.
     pub hardlinks: u64,
+    /// Files taken from the base image without reading them (unchanged since it).
+    pub files_unchanged: u64,
     /// Sum of regular file sizes.
     pub logical_bytes: u64,
     /// Bytes in holes (sparse regions and all-zero chunks), not stored.
@@ -111,7 +117,13 @@ pub struct PackSummary {
 struct FileToChunk {
     ino: Ino,
     path: PathBuf,
+    /// Path relative to the packed directory, as raw bytes per component.
+    rel: Vec<Vec<u8>>,
     size: u64,
+    mtime: (i64, u32),
+    stamp: SourceStamp,
+    /// Chunks taken from the base image: the file is not read.
+    from_base: bool,
 }
 
 /// One chunk to read and encode.
@@ -201,8 +213,9 @@ fn walk(
     let mut hardlinks: HashMap<(u64, u64), Ino> = HashMap::new();
     builder.set_xattrs(ROOT_INO, read_xattrs(src)?)?;
     summary.directories += 1;
-    let mut stack: Vec<(PathBuf, Ino)> = vec![(src.to_path_buf(), ROOT_INO)];
-    while let Some((dir, dir_ino)) = stack.pop() {
+    let mut stack: Vec<(PathBuf, Vec<Vec<u8>>, Ino)> =
+        vec![(src.to_path_buf(), Vec::new(), ROOT_INO)];
+    while let Some((dir, dir_rel, dir_ino)) = stack.pop() {
         let mut entries = fs::read_dir(&dir)
             .and_then(|rd| rd.collect::<Result<Vec<_>, _>>())
             .map_err(|e| io_err("read directory", &dir, e))?;
@@ -211,6 +224,8 @@ fn walk(
         for entry in entries {
             let path = entry.path();
             let name = entry.file_name();
+            let mut rel = dir_rel.clone();
+            rel.push(name.as_bytes().to_vec());
             let meta = fs::symlink_metadata(&path).map_err(|e| io_err("stat", &path, e))?;
             let kind = kind_of(&meta.file_type()).ok_or_else(|| {
                 ImageError::Invalid(format!("{}: unsupported file type", path.display()))
@@ -231,15 +246,26 @@ fn walk(
             match kind {
                 FileKind::Directory => {
                     summary.directories += 1;
-                    stack.push((path, ino));
+                    stack.push((path, rel, ino));
                 }
                 FileKind::Regular => {
                     summary.files += 1;
                     summary.logical_bytes += meta.size();
+                    let stamp = SourceStamp {
+                        dev: meta.dev(),
+                        ino: meta.ino(),
+                        ctime_sec: meta.ctime(),
+                        ctime_nsec: meta.ctime_nsec().clamp(0, 999_999_999) as u32,
+                    };
+                    builder.set_source_stamp(ino, stamp)?;
                     files.push(FileToChunk {
                         ino,
                         path,
+                        rel,
                         size: meta.size(),
+                        mtime: (meta.mtime(), meta.mtime_nsec().clamp(0, 999_999_999) as u32),
+                        stamp,
+                        from_base: false,
                     });
                 }
                 FileKind::Symlink => {
@@ -372,18 +398,16 @@ pub fn pack(
     for (k, v) in &opts.labels {
         builder.add_label(k, v);
     }
-    let base_ids: HashSet<ChunkId> = match &opts.base {
-        Some(p) => {
-            let base = ImageManifest::open(p)?;
-            (0..base.unique_chunk_count())
-                .map(|i| base.unique_chunk(i as u32).map(|c| c.id))
-                .collect::<Result<_, _>>()?
-        }
+    let base = opts.base.as_deref().map(ImageManifest::open).transpose()?;
+    let base_ids: HashSet<ChunkId> = match &base {
+        Some(base) => (0..base.unique_chunk_count())
+            .map(|i| base.unique_chunk(i as u32).map(|c| c.id))
+            .collect::<Result<_, _>>()?,
         None => HashSet::new(),
     };
 
     let mut summary = PackSummary::default();
-    let files = walk(src, &mut builder, &mut summary)?;
+    let mut files = walk(src, &mut builder, &mut summary)?;
     if let Some(p) = progress {
         p.start(summary.logical_bytes, summary.files);
     }
@@ -393,6 +417,44 @@ pub fn pack(
         .iter()
         .map(|f| vec![None; f.size.div_ceil(cs) as usize])
         .collect();
+    // Distinct chunks in arrival order; renumbered in file order below so the manifest is reproducible.
+    let mut chunks: Vec<ChunkRef> = Vec::new();
+    let mut seen: HashMap<ChunkId, u32> = HashMap::new();
+
+    // Files unchanged since the base image: take its chunk list instead of reading them.
+    if let Some(base) = base
+        .as_ref()
+        .filter(|b| !opts.reread && b.chunk_size() == opts.chunk_size)
+    {
+        for (f, file_slots) in files.iter_mut().zip(slots.iter_mut()) {
+            let Some(refs) = unchanged_in_base(base, f)? else {
+                continue;
+            };
+            if refs.len() != file_slots.len() {
+                continue;
+            }
+            for (slot, r) in file_slots.iter_mut().zip(refs) {
+                let Some(r) = r else { continue };
+                summary.chunks_total += 1;
+                let i = match seen.get(&r.id) {
+                    Some(&i) => i,
+                    None => {
+                        let i = chunks.len() as u32;
+                        chunks.push(r);
+                        seen.insert(r.id, i);
+                        summary.bytes_stored += u64::from(r.stored_len);
+                        i
+                    }
+                };
+                *slot = Some(i);
+            }
+            f.from_base = true;
+            summary.files_unchanged += 1;
+            if let Some(p) = progress {
+                p.advance(f.size);
+            }
+        }
+    }
 
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism()
@@ -412,8 +474,6 @@ pub fn pack(
     let (batch_tx, batch_rx) = bounded::<UploadBatch>(upload_threads);
     let upload_totals = Mutex::new(UploadCounts::default());
 
-    let mut chunks: Vec<ChunkRef> = Vec::new();
-    let mut seen: HashMap<ChunkId, u32> = HashMap::new();
     std::thread::scope(|scope| {
         // Producer: opens files, finds holes, hands out chunk jobs.
         let failure_ref = &failure;
@@ -478,7 +538,6 @@ pub fn pack(
         }
         drop(batch_rx);
         // Collector (this thread): dedup, record chunk refs, form upload batches.
-        // Distinct chunks in arrival order; renumbered in file order below so the manifest is reproducible.
         let mut pending: UploadBatch = Vec::with_capacity(batch_chunks);
         let mut pending_bytes = 0usize;
         for done in done_rx {
@@ -550,6 +609,35 @@ pub fn pack(
     Ok(summary)
 }
 
+/// The base image's chunks for `f` when the file is unchanged since the base was packed: same path, kind,
+/// size, mtime and source stamp (device, inode number, ctime). `None` otherwise.
+fn unchanged_in_base(
+    base: &ImageManifest,
+    f: &FileToChunk,
+) -> Result<Option<Vec<Option<ChunkRef>>>, ImageError> {
+    let mut cur = ROOT_INO;
+    let mut found = None;
+    for name in &f.rel {
+        match base.lookup(cur, name) {
+            Ok(Some(i)) => {
+                cur = i.ino;
+                found = Some(i);
+            }
+            Ok(None) | Err(ImageError::WrongKind { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(old) = found else { return Ok(None) };
+    if old.kind != FileKind::Regular
+        || old.size != f.size
+        || (old.mtime_sec, old.mtime_nsec) != f.mtime
+        || base.source_stamp(old.ino)? != Some(f.stamp)
+    {
+        return Ok(None);
+    }
+    base.file_chunks(old.ino).map(Some)
+}
+
 fn produce_jobs(
     files: &[FileToChunk],
     cs: u64,
@@ -561,7 +649,7 @@ fn produce_jobs(
         if failure.aborted() {
             return;
         }
-        if f.size == 0 {
+        if f.size == 0 || f.from_base {
             continue;
         }
         let file = match File::open(&f.path) {

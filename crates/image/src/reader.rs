@@ -7,7 +7,9 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use memmap2::Mmap;
 
 use crate::format::*;
-use crate::{ChunkId, ChunkRef, DirEntry, FileKind, ImageError, Ino, Inode, XattrList, ROOT_INO};
+use crate::{
+    ChunkId, ChunkRef, DirEntry, FileKind, ImageError, Ino, Inode, SourceStamp, XattrList, ROOT_INO,
+};
 
 /// The bytes of a manifest: a read-only memory map of the file, or an owned buffer.
 enum Backing {
@@ -160,6 +162,12 @@ impl ImageManifest {
         if inode_count == 0 || inode_count.checked_mul(INODE_LEN as u64) != Some(inodes_len) {
             return Err(corrupt(format!(
                 "inode count {inode_count} does not match the inode table ({inodes_len} bytes)"
+            )));
+        }
+        let stamps_len = sections[Section::SourceStamps as usize].1 as u64;
+        if stamps_len != 0 && inode_count.checked_mul(STAMP_LEN as u64) != Some(stamps_len) {
+            return Err(corrupt(format!(
+                "source stamp table ({stamps_len} bytes) does not match {inode_count} inodes"
             )));
         }
         let (stores, labels) = {
@@ -479,6 +487,25 @@ impl ImageManifest {
         Ok((r, u64::from(r.data_count)))
     }
 
+    /// Where file `ino` came from, when the packer recorded it (see [`SourceStamp`]).
+    pub fn source_stamp(&self, ino: Ino) -> Result<Option<SourceStamp>, ImageError> {
+        if ino == 0 || ino > self.inode_count {
+            return Err(ImageError::NotFound(ino));
+        }
+        if self.section(Section::SourceStamps).is_empty() {
+            return Ok(None);
+        }
+        let r = self.record(Section::SourceStamps, ino - 1, STAMP_LEN)?;
+        let short = || corrupt("short source stamp");
+        let st = SourceStamp {
+            dev: u64_at(r, 0).ok_or_else(short)?,
+            ino: u64_at(r, 8).ok_or_else(short)?,
+            ctime_sec: u64_at(r, 16).ok_or_else(short)? as i64,
+            ctime_nsec: u32_at(r, 24).ok_or_else(short)?,
+        };
+        Ok((st != SourceStamp::default()).then_some(st))
+    }
+
     /// Number of entries in the unique chunk table.
     pub fn unique_chunk_count(&self) -> u64 {
         (self.section(Section::Chunks).len() / CHUNK_LEN) as u64
@@ -731,6 +758,16 @@ mod tests {
         b.set_file_chunks(file, &[Some(idx), None]).unwrap();
         b.add_store("zdb://127.0.0.1:9900/ns");
         b.add_label("chain", "polkadot");
+        b.set_source_stamp(
+            file,
+            SourceStamp {
+                dev: 2049,
+                ino: 77,
+                ctime_sec: 1_700_000_001,
+                ctime_nsec: 5,
+            },
+        )
+        .unwrap();
         (b, enc.chunk_ref)
     }
 
@@ -787,6 +824,11 @@ mod tests {
         assert_eq!(m.chunk(a.ino, 1).unwrap(), None);
         assert!(m.chunk(a.ino, 2).is_err());
         assert_eq!(m.file_chunks(a.ino).unwrap(), vec![Some(cref), None]);
+        assert_eq!(
+            m.source_stamp(a.ino).unwrap().map(|s| (s.dev, s.ino)),
+            Some((2049, 77))
+        );
+        assert_eq!(m.source_stamp(ROOT_INO).unwrap(), None);
         assert_eq!(m.stores(), vec!["zdb://127.0.0.1:9900/ns".to_string()]);
         assert_eq!(
             m.labels(),

@@ -8,8 +8,8 @@ use ed25519_dalek::{Signer, SigningKey};
 
 use crate::format::*;
 use crate::{
-    ChunkId, ChunkRef, FileKind, ImageError, Ino, XattrList, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
-    ROOT_INO,
+    ChunkId, ChunkRef, FileKind, ImageError, Ino, SourceStamp, XattrList, MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE, ROOT_INO,
 };
 
 /// Attributes of an inode being added to a [`ManifestBuilder`]. The link count is computed by the builder.
@@ -46,6 +46,7 @@ struct PendingInode {
     attrs: NewInode,
     data: InodeData,
     xattrs: XattrList,
+    stamp: Option<SourceStamp>,
 }
 
 /// Collects a tree, its chunks, stores and labels, then writes a version-1 manifest.
@@ -78,6 +79,7 @@ impl ManifestBuilder {
                 attrs: root,
                 data: InodeData::Dir(Vec::new()),
                 xattrs: Vec::new(),
+                stamp: None,
             }],
             chunks: Vec::new(),
             chunk_index: HashMap::new(),
@@ -103,6 +105,7 @@ impl ManifestBuilder {
             attrs,
             data,
             xattrs: Vec::new(),
+            stamp: None,
         });
         self.inodes.len() as Ino
     }
@@ -154,6 +157,12 @@ impl ManifestBuilder {
     /// Sets an inode's extended attributes.
     pub fn set_xattrs(&mut self, ino: Ino, xattrs: XattrList) -> Result<(), ImageError> {
         self.pending(ino)?.xattrs = xattrs;
+        Ok(())
+    }
+
+    /// Records where a file came from (see [`SourceStamp`]).
+    pub fn set_source_stamp(&mut self, ino: Ino, stamp: SourceStamp) -> Result<(), ImageError> {
+        self.pending(ino)?.stamp = Some(stamp);
         Ok(())
     }
 
@@ -382,7 +391,22 @@ impl ManifestBuilder {
             put_str(&mut meta, v);
         }
 
-        let sections: [&[u8]; 7] = [&inodes, &dirents, &slots, &chunks, &xattrs, &pool, &meta];
+        let mut stamps = Vec::new();
+        if self.inodes.iter().any(|p| p.stamp.is_some()) {
+            stamps.reserve(n * STAMP_LEN);
+            for p in &self.inodes {
+                let st = p.stamp.unwrap_or_default();
+                stamps.extend_from_slice(&st.dev.to_le_bytes());
+                stamps.extend_from_slice(&st.ino.to_le_bytes());
+                stamps.extend_from_slice(&st.ctime_sec.to_le_bytes());
+                stamps.extend_from_slice(&st.ctime_nsec.to_le_bytes());
+                stamps.extend_from_slice(&0u32.to_le_bytes());
+            }
+        }
+
+        let sections: [&[u8]; 8] = [
+            &inodes, &dirents, &slots, &chunks, &xattrs, &pool, &meta, &stamps,
+        ];
         let body_len: usize = HEADER_LEN + sections.iter().map(|s| s.len()).sum::<usize>();
         let mut out = Vec::with_capacity(body_len + TRAILER_LEN);
         out.extend_from_slice(&MAGIC);

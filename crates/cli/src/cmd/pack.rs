@@ -26,9 +26,13 @@ pub struct Args {
     /// Sign the manifest with this secret key (from `thinnode key gen`).
     #[arg(long)]
     sign: Option<PathBuf>,
-    /// A previous image of the same data whose chunks the store holds: their existence checks are skipped.
+    /// A previous image of the same data whose chunks the store holds: their existence checks are skipped,
+    /// and files unchanged since it (path, size, mtime, device, inode number, ctime) are not re-read.
     #[arg(long)]
     base: Option<PathBuf>,
+    /// With --base: read every file even when it looks unchanged.
+    #[arg(long, requires = "base")]
+    reread: bool,
     /// A label KEY=VALUE recorded in the manifest (repeatable).
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -129,6 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         zstd_level: args.level,
         signer,
         base: args.base.clone(),
+        reread: args.reread,
         labels,
         threads: args.threads,
         ..Default::default()
@@ -156,6 +161,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "files:     {} regular, {} directories, {} symlinks, {} special, {} extra hardlinks",
         s.files, s.directories, s.symlinks, s.special_files, s.hardlinks
     );
+    if args.base.is_some() {
+        println!(
+            "unchanged: {} files taken from the base image without reading",
+            s.files_unchanged
+        );
+    }
     println!(
         "bytes:     {:.1} MiB logical, {:.1} MiB in holes",
         mib(s.logical_bytes),
