@@ -190,6 +190,8 @@ fn make_tree(root: &Path, seed: u64) {
     }
     let c = CString::new(root.join("fifo").as_os_str().as_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    // A unix socket file (the listener is dropped at once; the file stays).
+    drop(std::os::unix::net::UnixListener::bind(root.join("db/node.sock")).unwrap());
     // Times with nanoseconds on everything, directories last.
     let mut all: Vec<PathBuf> = Vec::new();
     collect(root, &mut all);
