@@ -111,7 +111,7 @@ impl MountConfig {
             store_overrides: Vec::new(),
             trusted_key: None,
             fetch: FetchConfig::default(),
-            readahead_chunks: 16,
+            readahead_chunks: 32,
             metrics_addr: None,
             record_trace: None,
             passthrough: true,

@@ -80,7 +80,7 @@ pub struct FetchConfig {
 impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
-            workers: 8,
+            workers: 16,
             timeout: Duration::from_secs(10),
             initial_backoff: Duration::from_millis(50),
             batch_chunks: 4,
@@ -200,7 +200,7 @@ fn settle_flight(flights: &FlightTable, id: &ChunkId, result: FlightResult) {
 /// Chunks waiting to be written to the host cache, at most this many (back-pressure on fetching).
 const CACHE_WRITE_QUEUE: usize = 64;
 /// Threads writing fetched chunks to the host cache.
-const CACHE_WRITERS: usize = 2;
+const CACHE_WRITERS: usize = 4;
 
 /// Token bucket over bytes.
 struct RateLimiter {

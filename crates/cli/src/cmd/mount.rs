@@ -45,10 +45,10 @@ pub struct Args {
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
     /// Chunks prefetched ahead of a sequential reader.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     readahead: u64,
     /// Threads fetching from the stores.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     fetch_threads: usize,
     /// Threads answering FUSE requests.
     #[arg(long, default_value_t = 16)]

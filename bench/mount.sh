@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# `thinnode mount` read performance, each figure against a baseline measured in the same run:
+#   1. cold sequential read of a big file via the mount, from our zdb on loopback, vs a pipelined raw fetch
+#      (get_many from 4 threads, no decoding) of the same chunks;
+#   2. warm (hydrated) sequential read via the mount vs reading the same bytes from a local file;
+#   3. warm 4 KiB random-read IOPS via the mount vs the local file;
+#   4. mount ready time (`mount --daemon` returns only when the mount answers) for a 10-file and a
+#      many-file image.
+#
+#   bash bench/mount.sh [FILE_MIB] [MANY_FILES] [RUNS]     (defaults: 2048 MiB, 1000000 files, 3 runs)
+#
+# Needs root and /dev/fuse. Sequential reads use `dd bs=1M`; warm figures read from the page cache on both
+# sides (the local file is read once before timing, the mount's file once after hydration).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FILE_MIB=${1:-2048}
+MANY=${2:-1000000}
+RUNS=${3:-3}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+
+cargo build --quiet --release -p thinnode --bin thinnode
+cargo build --quiet --release -p mount --example raw_fetch --example rand_read
+BIN=$CARGO_TARGET_DIR/release/thinnode
+RAW=$CARGO_TARGET_DIR/release/examples/raw_fetch
+RAND=$CARGO_TARGET_DIR/release/examples/rand_read
+
+WORK=$(mktemp -d /var/tmp/thinnode-bench.XXXXXX)
+MNT=$WORK/mnt
+mkdir -p "$MNT" "$WORK/src" "$WORK/small" "$WORK/many"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$BIN" zdb --data "$WORK/zdb/data" --index "$WORK/zdb/index" --listen 127.0.0.1 --port "$PORT" \
+  >"$WORK/zdb.log" 2>&1 &
+ZDB_PID=$!
+cleanup() {
+  "$BIN" umount "$MNT" >/dev/null 2>&1 || true
+  kill "$ZDB_PID" 2>/dev/null || true
+  wait "$ZDB_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+  sleep 0.1
+done
+URL="zdb://127.0.0.1:$PORT/default"
+
+now() { date +%s.%N; }
+# MB/s of reading $1 with dd (1 MiB blocks)
+dd_rate() {
+  local t0 t1 bytes
+  bytes=$(stat -c %s "$1")
+  t0=$(now)
+  dd if="$1" of=/dev/null bs=1M status=none
+  t1=$(now)
+  awk -v b="$bytes" -v a="$t0" -v c="$t1" 'BEGIN {printf "%.0f", b / (c - a) / 1e6}'
+}
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+mount_img() { "$BIN" mount "$1" "$MNT" --cache "$2" --daemon --log "$WORK/mount.log" "${@:3}" >/dev/null 2>&1; }
+umount_img() { "$BIN" umount "$MNT" >/dev/null 2>&1; }
+
+echo "preparing a ${FILE_MIB} MiB random file and packing it into zdb..." >&2
+head -c "$((FILE_MIB << 20))" /dev/urandom >"$WORK/src/big.bin"
+sync
+"$BIN" pack "$WORK/src" --store "$URL" --out "$WORK/big.img" >/dev/null 2>&1
+
+# 1. cold sequential: fresh cache each run
+RAW_RATES=() COLD_RATES=()
+for r in $(seq "$RUNS"); do
+  read -r bytes secs < <("$RAW" "$WORK/big.img" big.bin "$URL" 4 8)
+  RAW_RATES+=("$(awk -v b="$bytes" -v s="$secs" 'BEGIN {printf "%.0f", b / s / 1e6}')")
+  mount_img "$WORK/big.img" "$WORK/cold-cache-$r"
+  COLD_RATES+=("$(dd_rate "$MNT/big.bin")")
+  umount_img
+  rm -rf "$WORK/cold-cache-$r"
+done
+RAW_MED=$(printf '%s\n' "${RAW_RATES[@]}" | median)
+COLD_MED=$(printf '%s\n' "${COLD_RATES[@]}" | median)
+
+# 2./3. warm: hydrate once, then the mount serves the file by passthrough; local file from page cache
+"$BIN" hydrate "$WORK/big.img" --cache "$WORK/warm-cache" --quiet >/dev/null 2>&1
+mount_img "$WORK/big.img" "$WORK/warm-cache"
+dd if="$WORK/src/big.bin" of=/dev/null bs=1M status=none
+dd if="$MNT/big.bin" of=/dev/null bs=1M status=none
+LOCAL_RATES=() WARM_RATES=() LOCAL_IOPS=() WARM_IOPS=()
+for _ in $(seq "$RUNS"); do
+  LOCAL_RATES+=("$(dd_rate "$WORK/src/big.bin")")
+  WARM_RATES+=("$(dd_rate "$MNT/big.bin")")
+  LOCAL_IOPS+=("$("$RAND" "$WORK/src/big.bin" 3 2)")
+  WARM_IOPS+=("$("$RAND" "$MNT/big.bin" 3 2)")
+done
+umount_img
+# The same warm read without passthrough (every read through the daemon, from the host cache).
+mount_img "$WORK/big.img" "$WORK/warm-cache" --no-passthrough
+dd if="$MNT/big.bin" of=/dev/null bs=1M status=none
+NOPT_RATES=() NOPT_IOPS=()
+for _ in $(seq "$RUNS"); do
+  NOPT_RATES+=("$(dd_rate "$MNT/big.bin")")
+  NOPT_IOPS+=("$("$RAND" "$MNT/big.bin" 3 2)")
+done
+umount_img
+LOCAL_MED=$(printf '%s\n' "${LOCAL_RATES[@]}" | median)
+WARM_MED=$(printf '%s\n' "${WARM_RATES[@]}" | median)
+NOPT_MED=$(printf '%s\n' "${NOPT_RATES[@]}" | median)
+LIOPS_MED=$(printf '%s\n' "${LOCAL_IOPS[@]}" | median)
+WIOPS_MED=$(printf '%s\n' "${WARM_IOPS[@]}" | median)
+NIOPS_MED=$(printf '%s\n' "${NOPT_IOPS[@]}" | median)
+
+# 4. mount ready time
+for i in $(seq 10); do echo "file $i" >"$WORK/small/f$i"; done
+"$BIN" pack "$WORK/small" --store "$URL" --out "$WORK/small.img" >/dev/null 2>&1
+echo "creating $MANY empty files in 1000 directories and packing them..." >&2
+python3 - "$WORK/many" "$MANY" <<'EOF'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+per = max(1, n // 1000)
+for i in range(n):
+    d = os.path.join(root, "d%04d" % (i // per))
+    if i % per == 0:
+        os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, "f%07d" % i), "w").close()
+EOF
+"$BIN" pack "$WORK/many" --store "$URL" --out "$WORK/many.img" >/dev/null 2>&1
+ready_ms() {
+  local t0 t1
+  t0=$(now)
+  mount_img "$1" "$WORK/ready-cache"
+  t1=$(now)
+  stat "$MNT" >/dev/null
+  umount_img
+  awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", (b - a) * 1000}'
+}
+SMALL_MS=() MANY_MS=()
+for _ in $(seq "$RUNS"); do
+  SMALL_MS+=("$(ready_ms "$WORK/small.img")")
+  MANY_MS+=("$(ready_ms "$WORK/many.img")")
+done
+SMALL_MED=$(printf '%s\n' "${SMALL_MS[@]}" | median)
+MANY_MED=$(printf '%s\n' "${MANY_MS[@]}" | median)
+MANY_IMG_MB=$(awk -v b="$(stat -c %s "$WORK/many.img")" 'BEGIN {printf "%.0f", b / 1e6}')
+
+printf '\nthinnode mount, %d MiB file, zdb on loopback, median of %d runs, %s cores\n\n' "$FILE_MIB" "$RUNS" "$(nproc)"
+printf '| measurement | result | baseline (same run) | ratio |\n|---|---:|---:|---:|\n'
+printf '| cold sequential read via mount (MB/s) | %s | raw pipelined fetch: %s | %s |\n' "$COLD_MED" "$RAW_MED" "$(ratio "$COLD_MED" "$RAW_MED")"
+printf '| warm sequential read via mount, passthrough (MB/s) | %s | local file: %s | %s |\n' "$WARM_MED" "$LOCAL_MED" "$(ratio "$WARM_MED" "$LOCAL_MED")"
+printf '| warm sequential read via mount, no passthrough (MB/s) | %s | local file: %s | %s |\n' "$NOPT_MED" "$LOCAL_MED" "$(ratio "$NOPT_MED" "$LOCAL_MED")"
+printf '| warm 4 KiB random reads via mount, passthrough (IOPS, 2 threads) | %s | local file: %s | %s |\n' "$WIOPS_MED" "$LIOPS_MED" "$(ratio "$WIOPS_MED" "$LIOPS_MED")"
+printf '| warm 4 KiB random reads via mount, no passthrough (IOPS, 2 threads) | %s | local file: %s | %s |\n' "$NIOPS_MED" "$LIOPS_MED" "$(ratio "$NIOPS_MED" "$LIOPS_MED")"
+printf '| mount ready, %d-file image (%s MB manifest) (ms) | %s | 10-file image: %s ms | %s |\n' "$MANY" "$MANY_IMG_MB" "$MANY_MED" "$SMALL_MED" "$(ratio "$MANY_MED" "$SMALL_MED")"
