@@ -36,7 +36,7 @@ BYTES=$((COUNT * SIZE))
 # MB/s printed by one run of: $BENCH <args>
 rate() { "$BENCH" "$@" | sed -n 's/.*MB\/s=\([0-9]*\).*/\1/p'; }
 
-# Each round measures the baseline and then every mode once, so that load from other processes on this
+# Each round measures the baseline and then every mode once (in random order), so that load from other processes on this
 # shared machine hits the baseline and the modes alike; ratios are taken within a round.
 MODES=(
   "get_each, batches of 64 (ChunkStore, streamed, reused buffer)|fetch --mode each --batch 64"
@@ -54,7 +54,9 @@ RESULTS="$WORK/results"
 for round in $(seq "$RUNS"); do
   base=$(rate loopback --bytes "$BYTES")
   printf 'baseline\t%s\t%s\n' "$round" "$base" >>"$RESULTS"
-  for entry in "${MODES[@]}"; do
+  # A fresh random order each round, so no mode always runs after the same neighbour.
+  for i in $(shuf -i 0-$((${#MODES[@]} - 1))); do
+    entry=${MODES[$i]}
     label=${entry%%|*}
     read -r -a args <<<"${entry#*|}"
     env_prefix=()
