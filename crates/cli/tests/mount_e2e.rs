@@ -523,6 +523,17 @@ fn store_killed_mid_read_gives_eio_then_recovers() {
     assert!(m.metric("thinnode_mount_store_errors_total") >= 1.0);
 
     zdb.restart();
+    // The store client reconnects on its own schedule: allow a few attempts (bounded) before the read
+    // must succeed.
+    let mut attempts = 0;
+    while f.read_at(&mut buf, 4 * CHUNK + 7).is_err() {
+        attempts += 1;
+        assert!(
+            attempts < 20,
+            "the mount did not recover after the store came back"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let n = read_at_full(&f, &mut buf, 4 * CHUNK + 7);
     assert_eq!(
         &buf[..n],
