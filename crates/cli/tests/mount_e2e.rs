@@ -36,6 +36,11 @@ fn make_tree(root: &Path) {
         rng.fill_bytes(&mut small);
         fs::write(root.join(format!("db/sst/{i:04}.sst")), &small).expect("write");
     }
+    // More entries than one readdir page.
+    fs::create_dir_all(root.join("many")).expect("mkdir");
+    for i in 0..1300 {
+        fs::write(root.join(format!("many/entry-{i:05}")), i.to_string()).expect("write");
+    }
     fs::write(root.join("empty"), b"").expect("write");
     // A sparse file: data, a hole of several chunks, data.
     let sparse = File::create(root.join("sparse.bin")).expect("create");

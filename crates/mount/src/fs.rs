@@ -23,6 +23,8 @@ use crate::files;
 
 /// How long the kernel may cache attributes and entries (the base never changes).
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Directory entries read from the image per readdir request.
+const READDIR_PAGE: usize = 512;
 /// Readahead the filesystem asks the kernel for at init (the bdi setting raises it further).
 const MAX_READAHEAD: u32 = 1 << 20;
 
@@ -405,7 +407,13 @@ impl Filesystem for ImageFs {
             }
             next = 2;
         }
-        let entries = match self.reader.manifest().readdir(ino.0, next - 2) {
+        // One reply buffer holds at most a few hundred entries: read a page, not the whole rest of a
+        // possibly huge directory.
+        let entries = match self
+            .reader
+            .manifest()
+            .readdir_page(ino.0, next - 2, READDIR_PAGE)
+        {
             Ok(e) => e,
             Err(e) => return reply.error(image_errno(&e)),
         };
