@@ -399,6 +399,11 @@ pub fn pack(
         builder.add_label(k, v);
     }
     let base = opts.base.as_deref().map(ImageManifest::open).transpose()?;
+    if let Some(b) = &base {
+        // Its chunk references are copied into the new image: make sure it is intact.
+        b.check_body_hash()?;
+        b.check_structure()?;
+    }
     let base_ids: HashSet<ChunkId> = match &base {
         Some(base) => (0..base.unique_chunk_count())
             .map(|i| base.unique_chunk(i as u32).map(|c| c.id))
