@@ -51,6 +51,9 @@ pub struct Args {
     /// Encoding threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Threads uploading batches to the store (more help with high-latency stores).
+    #[arg(long, default_value_t = 4)]
+    upload_threads: usize,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -136,6 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         reread: args.reread,
         labels,
         threads: args.threads,
+        upload_threads: args.upload_threads.max(1),
         ..Default::default()
     };
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
