@@ -67,28 +67,35 @@ run_once() { # port test pipeline clients
 
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-bench() { # port test pipeline
-    for _ in $(seq 1 "$REPS"); do run_once "$1" "$2" "$3" 50; done | median
+many_readers_once() { # port: 4 processes x 50 clients of GET at once, summed
+    local pids=()
+    for i in 1 2 3 4; do
+        run_once "$1" get 1 50 >"$WORK/mr.$i" &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    cat "$WORK"/mr.* | awk '{ s += $1 } END { printf "%.0f\n", s }'
+    rm -f "$WORK"/mr.*
 }
 
-many_readers() { # port: 4 processes x 50 clients of GET at once, summed
-    for _ in $(seq 1 "$REPS"); do
-        for i in 1 2 3 4; do run_once "$1" get 1 50 >"$WORK/mr.$i" & done
-        wait
-        cat "$WORK"/mr.* | awk '{ s += $1 } END { printf "%.0f\n", s }'
-        rm -f "$WORK"/mr.*
-    done | median
-}
+# Interleave the two servers run by run, so load changes on the shared machine hit both alike.
+for rep in $(seq 1 "$REPS"); do
+    for server in zdb redis; do
+        port=$ZPORT
+        [ "$server" = redis ] && port=$RPORT
+        run_once "$port" set 1 50 >>"$WORK/$server.set1"
+        run_once "$port" get 1 50 >>"$WORK/$server.get1"
+        run_once "$port" set 16 50 >>"$WORK/$server.set16"
+        run_once "$port" get 16 50 >>"$WORK/$server.get16"
+        many_readers_once "$port" >>"$WORK/$server.many"
+    done
+done
 
 declare -A RES
 for server in zdb redis; do
-    port=$ZPORT
-    [ "$server" = redis ] && port=$RPORT
-    RES[$server,set1]=$(bench "$port" set 1)
-    RES[$server,get1]=$(bench "$port" get 1)
-    RES[$server,set16]=$(bench "$port" set 16)
-    RES[$server,get16]=$(bench "$port" get 16)
-    RES[$server,many]=$(many_readers "$port")
+    for t in set1 get1 set16 get16 many; do
+        RES[$server,$t]=$(median <"$WORK/$server.$t")
+    done
 done
 
 echo

@@ -78,7 +78,8 @@ where
             continue;
         }
         if inbuf.capacity() - inbuf.len() < 8 * 1024 {
-            inbuf.reserve(64 * 1024);
+            // Grow geometrically so a large value arriving in pieces is not copied over and over.
+            inbuf.reserve(inbuf.len().max(64 * 1024));
         }
         tokio::select! {
             r = stream.read_buf(&mut inbuf) => match r {

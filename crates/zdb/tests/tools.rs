@@ -177,3 +177,27 @@ fn many_readers_with_a_writer_see_whole_values() {
     let total: u64 = readers.into_iter().map(|h| h.join().unwrap()).sum();
     assert!(total > 0);
 }
+
+#[test]
+fn warns_when_every_client_is_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = start_logged(dir.path(), "open", &[]);
+    let mut r = Raw::connect(open.port);
+    assert_eq!(
+        r.c(&["NSNEW", "anyone"]),
+        simple("OK"),
+        "no --admin: every client is admin"
+    );
+    assert!(
+        open.log_text()
+            .contains("no --admin password: every client is admin"),
+        "{}",
+        open.log_text()
+    );
+    drop(open);
+    let dir2 = tempfile::tempdir().unwrap();
+    let closed = start_logged(dir2.path(), "closed", &["--admin", "pw"]);
+    let mut r = Raw::connect(closed.port);
+    assert_eq!(r.c(&["NSNEW", "anyone"]), err("Permission denied"));
+    assert!(!closed.log_text().contains("every client is admin"));
+}
