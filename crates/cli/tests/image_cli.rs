@@ -622,6 +622,30 @@ fn signed_images_verify_only_with_the_right_key() {
     let err = fails(&["verify", p(&unsigned), "--trust", p(&pubkey)]);
     assert!(err.contains("not signed"), "{err}");
 
+    // Refusals with clear errors: a non-empty destination, a source that is not a directory, a bad size.
+    let err = fails(&["unpack", p(&img), p(&src)]);
+    assert!(err.contains("is not empty"), "{err}");
+    let err = fails(&[
+        "pack",
+        p(&src.join("f")),
+        "--store",
+        &store,
+        "--out",
+        p(&tmp.path().join("x.img")),
+    ]);
+    assert!(err.contains("is not a directory"), "{err}");
+    let err = fails(&[
+        "pack",
+        p(&src),
+        "--store",
+        &store,
+        "--out",
+        p(&tmp.path().join("x.img")),
+        "--chunk-size",
+        "8M",
+    ]);
+    assert!(err.contains("between 64K and 4M"), "{err}");
+
     // Garbage is not an image.
     let junk = tmp.path().join("junk.img");
     fs::write(&junk, vec![7u8; 4096]).unwrap();
