@@ -823,3 +823,35 @@ fn trust_rejects_an_image_signed_by_another_key() {
     );
     assert_eq!(fs::read(m.mnt.join("f")).expect("read"), b"data");
 }
+
+#[test]
+fn sigterm_with_open_files_detaches_and_exits() {
+    if !fuse_available("sigterm_with_open_files_detaches_and_exits") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    fs::write(src.join("f"), vec![7u8; 300_000]).expect("write");
+    let img = tmp.path().join("img");
+    pack(
+        &src,
+        &format!("dir://{}", tmp.path().join("store").display()),
+        &img,
+    );
+    let mnt = tmp.path().join("mnt");
+    let _cleanup = DetachOnDrop(mnt.clone());
+    let mut m = Mounted::start(&img, &mnt, &tmp.path().join("cache"), &[]);
+    let open_file = File::open(mnt.join("f")).expect("open");
+    let status = m.child.terminate(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "daemon must exit on SIGTERM even with open files: {}",
+        m.log_text()
+    );
+    assert!(
+        !is_mounted(&mnt),
+        "the mountpoint must be free after SIGTERM"
+    );
+    drop(open_file);
+}

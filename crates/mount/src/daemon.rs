@@ -26,6 +26,8 @@ use crate::trace::{TraceError, TraceRecorder};
 
 /// Where running mounts leave their records.
 pub const RUN_DIR: &str = "/run/thinnode/mounts";
+/// How long an unmount waits for the FUSE session of a busy (lazily detached) mount to end.
+const SESSION_END_GRACE: Duration = Duration::from_secs(5);
 /// The kernel readahead set on every mount, in KiB (makes 1 MiB read requests).
 pub const READ_AHEAD_KB: u32 = 1024;
 
@@ -544,10 +546,23 @@ impl MountedImage {
                     }
                 }
             }
-            match handle.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!("FUSE session ended with: {e}"),
-                Err(_) => tracing::error!("FUSE session thread panicked"),
+            // A detached mount's session ends when its last open file is closed; do not wait for that
+            // forever (a supervisor's SIGTERM expects the process to exit).
+            let start = Instant::now();
+            while !handle.is_finished() && start.elapsed() < SESSION_END_GRACE {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if handle.is_finished() {
+                match handle.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!("FUSE session ended with: {e}"),
+                    Err(_) => tracing::error!("FUSE session thread panicked"),
+                }
+            } else {
+                tracing::warn!(
+                    "{}: files are still open on the detached mount; exiting anyway",
+                    self.mountpoint.display()
+                );
             }
         }
         result
