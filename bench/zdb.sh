@@ -59,10 +59,19 @@ PIDS+=("$RPID")
 wait_port "$ZPORT"
 wait_port "$RPORT"
 
-# One redis-benchmark run: prints requests per second.
+# One redis-benchmark run: prints requests per second. SETs use a huge key space so nearly every SET is a
+# new key and really appends (a SET of an unchanged value is answered without writing, in 0-db as here);
+# GETs read the $KEYS keys written by populate().
 run_once() { # port test pipeline clients
-    redis-benchmark -h 127.0.0.1 -p "$1" -t "$2" -P "$3" -c "$4" -n "$N" -d 4096 -r "$KEYS" --csv 2>/dev/null |
+    local space=$KEYS
+    [ "$2" = set ] && space=100000000
+    redis-benchmark -h 127.0.0.1 -p "$1" -t "$2" -P "$3" -c "$4" -n "$N" -d 4096 -r "$space" --csv 2>/dev/null |
         awk -F'"' -v t="${2^^}" '$2 == t { print $4; exit }'
+}
+
+populate() { # port: drop redis' SET-test keys (memory), write the $KEYS keys GET reads
+    redis-cli -p "$1" FLUSHALL >/dev/null 2>&1 || true
+    redis-benchmark -h 127.0.0.1 -p "$1" -t set -P 16 -c 50 -n $((KEYS * 5)) -d 4096 -r "$KEYS" -q >/dev/null 2>&1
 }
 
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
@@ -84,8 +93,9 @@ for rep in $(seq 1 "$REPS"); do
         port=$ZPORT
         [ "$server" = redis ] && port=$RPORT
         run_once "$port" set 1 50 >>"$WORK/$server.set1"
-        run_once "$port" get 1 50 >>"$WORK/$server.get1"
         run_once "$port" set 16 50 >>"$WORK/$server.set16"
+        populate "$port"
+        run_once "$port" get 1 50 >>"$WORK/$server.get1"
         run_once "$port" get 16 50 >>"$WORK/$server.get16"
         many_readers_once "$port" >>"$WORK/$server.many"
     done

@@ -894,7 +894,10 @@ impl Namespace {
         if self.is_read_only_fs() {
             return Err(WriteError::ReadOnlyFilesystem);
         }
-        let settings = self.settings();
+        let (mode, worm, maxsize) = {
+            let s = rl(&self.settings);
+            (s.mode, s.worm, s.maxsize)
+        };
         let mut w = lock(&self.writer);
         let (existing, seq_next) = {
             let k = rl(&self.keys);
@@ -906,7 +909,7 @@ impl Namespace {
             (existing, k.next_seq)
         };
         let live = existing.filter(|e| !e.deleted);
-        let key: Vec<u8> = match settings.mode {
+        let key: Vec<u8> = match mode {
             Mode::User => {
                 if key.is_empty() {
                     return Err(WriteError::KeyNeeded);
@@ -928,14 +931,14 @@ impl Namespace {
             if e.crc == crc && e.length as usize == value.len() {
                 return Ok(SetOutcome::Unchanged);
             }
-            if settings.worm {
+            if worm {
                 return Err(WriteError::Worm);
             }
         }
-        if settings.maxsize > 0 {
+        if maxsize > 0 {
             let floating = live.map(|e| e.length as u64).unwrap_or(0);
             let (_, datasize) = self.stats();
-            if datasize + value.len() as u64 > settings.maxsize + floating {
+            if datasize + value.len() as u64 > maxsize + floating {
                 return Err(WriteError::NoSpace);
             }
         }

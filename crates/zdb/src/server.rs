@@ -72,10 +72,11 @@ fn server_id(args: &ServerArgs) -> String {
 
 /// Validates flags and builds the storage settings.
 fn store_config(args: &ServerArgs) -> Result<Arc<StoreConfig>, ZdbError> {
-    if args.datasize == 0 || args.datasize >= u32::MAX as u64 {
+    // Offsets are 32-bit: a file may pass --datasize by one entry (at most 8 MiB and a key).
+    let max_datasize = u32::MAX as u64 - 16 * 1024 * 1024;
+    if args.datasize == 0 || args.datasize > max_datasize {
         return Err(ZdbError::InvalidSetting(format!(
-            "datasize must be between 1 and {} bytes",
-            u32::MAX - 1
+            "datasize must be between 1 and {max_datasize} bytes"
         )));
     }
     if args.protect && args.admin.is_none() {
