@@ -28,14 +28,19 @@ fn fixture() -> &'static Fixture {
 
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
-    let Some(mut session) = Session::new(&f.db) else { return };
+    let Some(mut session) = Session::new(&f.db) else {
+        return;
+    };
     let mut out = BytesMut::new();
     let mut ranges = Vec::new();
     let mut pos = 0;
     while pos < data.len() {
         match parse_request(&data[pos..], &mut ranges) {
             Ok(Some(n)) => {
-                let args: Vec<&[u8]> = ranges.iter().map(|r| &data[pos + r.start..pos + r.end]).collect();
+                let args: Vec<&[u8]> = ranges
+                    .iter()
+                    .map(|r| &data[pos + r.start..pos + r.end])
+                    .collect();
                 assert!(n > 0, "decoder consumed nothing");
                 pos += n;
                 if execute(&f.db, &mut session, &args, &mut out) == Outcome::Close {
