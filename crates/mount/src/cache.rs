@@ -34,20 +34,19 @@ const LOW_WATERMARK_PERCENT: u64 = 90;
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// A filesystem operation on the cache directory failed.
-    #[error("cache {path}: {source}")]
+    #[error("cache {path}: {error}")]
     Io {
         /// The path the operation was about.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
-fn io_err(path: &Path, source: io::Error) -> CacheError {
+fn io_err(path: &Path, error: io::Error) -> CacheError {
     CacheError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

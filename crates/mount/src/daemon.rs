@@ -35,13 +35,12 @@ pub const READ_AHEAD_KB: u32 = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     /// The image could not be opened or failed signature verification.
-    #[error("image {path}: {source}")]
+    #[error("image {path}: {error}")]
     Image {
         /// The image file.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: ImageError,
+        error: ImageError,
     },
     /// The host cache could not be opened.
     #[error(transparent)]
@@ -60,20 +59,22 @@ pub enum MountError {
         /// What is wrong.
         reason: String,
     },
+    /// A background daemon failed before it was ready (its own error message).
+    #[error("{0}")]
+    Daemon(String),
     /// A system call failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What was being done.
         context: String,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> MountError {
     let context = context.into();
-    move |source| MountError::Io { context, source }
+    move |error| MountError::Io { context, error }
 }
 
 /// Everything `mount` needs.
@@ -172,7 +173,7 @@ fn write_record(rec: &MountRecord) -> Result<(), MountError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let body = serde_json::to_vec_pretty(rec).map_err(|e| MountError::Io {
         context: "encode mount record".into(),
-        source: io::Error::other(e),
+        error: io::Error::other(e),
     })?;
     fs::write(&tmp, body).map_err(io_ctx(format!("write {}", tmp.display())))?;
     fs::rename(&tmp, &path).map_err(io_ctx(format!("write {}", path.display())))
@@ -298,9 +299,9 @@ pub fn open_image(
     path: &Path,
     trusted: Option<&VerifyingKey>,
 ) -> Result<ImageManifest, MountError> {
-    let image_err = |source| MountError::Image {
+    let image_err = |error| MountError::Image {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let manifest = ImageManifest::open(path).map_err(image_err)?;
     if let Some(key) = trusted {
@@ -646,14 +647,7 @@ pub fn spawn_detached(
     } else {
         answer.to_string()
     };
-    Err(MountError::Mountpoint {
-        path: PathBuf::from(
-            args.last()
-                .map(|a| a.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        ),
-        reason,
-    })
+    Err(MountError::Daemon(reason))
 }
 
 /// In a child started by [`spawn_detached`]: reports readiness (`Ok`) or the failure to the waiting

@@ -18,15 +18,14 @@ pub enum ReadError {
     #[error(transparent)]
     Image(#[from] ImageError),
     /// A chunk could not be produced.
-    #[error("inode {ino} offset {offset}: {source}")]
+    #[error("inode {ino} offset {offset}: {error}")]
     Chunk {
         /// The file.
         ino: Ino,
         /// The file offset of the chunk's part that was being read.
         offset: u64,
         /// Why.
-        #[source]
-        source: FetchError,
+        error: FetchError,
     },
     /// A chunk decoded to fewer bytes than the manifest says the file has there.
     #[error("inode {ino} offset {offset}: chunk shorter than the file")]
@@ -147,10 +146,10 @@ impl BaseReader {
                     let bytes =
                         self.fetcher
                             .read(&r, within, n)
-                            .map_err(|source| ReadError::Chunk {
+                            .map_err(|error| ReadError::Chunk {
                                 ino,
                                 offset: pos,
-                                source,
+                                error,
                             })?;
                     if bytes.len() != n {
                         return Err(ReadError::ShortChunk { ino, offset: pos });

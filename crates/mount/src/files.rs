@@ -53,7 +53,7 @@ pub fn assemble(
     let tmp = cache.temp_path(&key);
     let io = |e: std::io::Error| CacheError::Io {
         path: tmp.clone(),
-        source: e,
+        error: e,
     };
     let out = OpenOptions::new()
         .write(true)

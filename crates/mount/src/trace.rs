@@ -15,13 +15,12 @@ use store::ChunkId;
 
 /// Errors reading or writing a trace file.
 #[derive(Debug, thiserror::Error)]
-#[error("trace {path}: {source}")]
+#[error("trace {path}: {error}")]
 pub struct TraceError {
     /// The trace file.
     pub path: PathBuf,
     /// The underlying error.
-    #[source]
-    pub source: io::Error,
+    pub error: io::Error,
 }
 
 /// One traced chunk access.
@@ -50,9 +49,9 @@ impl TraceRecorder {
             .write(true)
             .truncate(true)
             .open(path)
-            .map_err(|source| TraceError {
+            .map_err(|error| TraceError {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         Ok(TraceRecorder {
             path: path.to_path_buf(),
@@ -77,15 +76,15 @@ impl TraceRecorder {
 
 /// Loads a trace file written by [`TraceRecorder`].
 pub fn load(path: &Path) -> Result<Vec<TraceEntry>, TraceError> {
-    let file = File::open(path).map_err(|source| TraceError {
+    let file = File::open(path).map_err(|error| TraceError {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let mut out = Vec::new();
     for line in BufReader::new(file).lines() {
-        let line = line.map_err(|source| TraceError {
+        let line = line.map_err(|error| TraceError {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let mut parts = line.split_ascii_whitespace();
         let (Some(ino), Some(index), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
