@@ -5,6 +5,8 @@
 //! URL (see [`open`]): `dir://PATH` ([`DirStore`]) and `zdb://…` / `zdb+unix://…` ([`ZdbStore`], built on
 //! the 0-db client in [`zdb`]). The URL syntax is documented in docs/stores.md.
 
+#![warn(missing_docs)]
+
 mod dir;
 mod error;
 mod location;

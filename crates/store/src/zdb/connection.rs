@@ -624,44 +624,57 @@ mod tests {
         );
     }
 
+    /// One scripted exchange: the command the client must send and the raw reply bytes.
+    type Step = (Vec<&'static [u8]>, &'static [u8]);
+
     /// A scripted server on a real socket: for each step, reads one command, checks it equals the
     /// expected arguments, and answers with the given raw bytes, written `chunk` bytes at a time.
-    fn scripted_server(
-        steps: Vec<(Vec<&'static [u8]>, &'static [u8])>,
-        chunk: usize,
-    ) -> (u16, JoinHandle<()>) {
+    fn scripted_server(steps: Vec<Step>, chunk: usize) -> (u16, JoinHandle<()>) {
+        scripted_connections(vec![steps], chunk)
+    }
+
+    /// Like [`scripted_server`] for several connections in turn: after the steps of one connection the
+    /// server closes it cleanly (shutdown, then drains what the client still sends) and accepts the next.
+    fn scripted_connections(connections: Vec<Vec<Step>>, chunk: usize) -> (u16, JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let handle = std::thread::spawn(move || {
-            let (mut socket, _) = listener.accept().unwrap();
-            let mut received = Vec::new();
-            for (expected, reply) in steps {
-                let command = loop {
-                    if let Some((frame, used)) = decode(&received).unwrap() {
-                        received.drain(..used);
-                        break frame;
+            for steps in connections {
+                let (mut socket, _) = listener.accept().unwrap();
+                let mut received = Vec::new();
+                for (expected, reply) in steps {
+                    let command = loop {
+                        if let Some((frame, used)) = decode(&received).unwrap() {
+                            received.drain(..used);
+                            break frame;
+                        }
+                        let mut buf = [0u8; 4096];
+                        let n = socket.read(&mut buf).unwrap();
+                        assert!(n > 0, "client hung up while {expected:?} was expected");
+                        received.extend_from_slice(&buf[..n]);
+                    };
+                    let args: Vec<Vec<u8>> = match command {
+                        OwnedFrame::Array(items) => items
+                            .into_iter()
+                            .map(|f| match f {
+                                OwnedFrame::BulkString(b) => b,
+                                other => panic!("argument sent as {other:?}"),
+                            })
+                            .collect(),
+                        other => panic!("command sent as {other:?}"),
+                    };
+                    let expected: Vec<Vec<u8>> = expected.iter().map(|a| a.to_vec()).collect();
+                    assert_eq!(args, expected);
+                    for piece in reply.chunks(chunk.max(1)) {
+                        socket.write_all(piece).unwrap();
+                        socket.flush().unwrap();
                     }
-                    let mut buf = [0u8; 4096];
-                    let n = socket.read(&mut buf).unwrap();
-                    assert!(n > 0, "client hung up while {expected:?} was expected");
-                    received.extend_from_slice(&buf[..n]);
-                };
-                let args: Vec<Vec<u8>> = match command {
-                    OwnedFrame::Array(items) => items
-                        .into_iter()
-                        .map(|f| match f {
-                            OwnedFrame::BulkString(b) => b,
-                            other => panic!("argument sent as {other:?}"),
-                        })
-                        .collect(),
-                    other => panic!("command sent as {other:?}"),
-                };
-                let expected: Vec<Vec<u8>> = expected.iter().map(|a| a.to_vec()).collect();
-                assert_eq!(args, expected);
-                for piece in reply.chunks(chunk.max(1)) {
-                    socket.write_all(piece).unwrap();
-                    socket.flush().unwrap();
                 }
+                let _ = socket.shutdown(std::net::Shutdown::Write);
+                // Drain until the client hangs up, or for a moment if it keeps the connection pooled.
+                let _ = socket.set_read_timeout(Some(Duration::from_millis(300)));
+                let mut sink = [0u8; 4096];
+                while matches!(socket.read(&mut sink), Ok(n) if n > 0) {}
             }
         });
         (port, handle)
@@ -786,6 +799,45 @@ mod tests {
                 (3, None)
             ]
         );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn get_each_resumes_after_the_connection_drops_without_repeating_values() {
+        let (port, server) = scripted_connections(
+            vec![
+                vec![
+                    (vec![b"SELECT", b"ns1"], b"+OK\r\n"),
+                    (vec![b"GET", b"a"], b"$1\r\nA\r\n"),
+                ],
+                vec![
+                    (vec![b"SELECT", b"ns1"], b"+OK\r\n"),
+                    (vec![b"GET", b"b"], b"$1\r\nB\r\n"),
+                    (vec![b"GET", b"c"], b"$-1\r\n"),
+                ],
+            ],
+            4096,
+        );
+        let mut c = config(port);
+        c.retries = 1;
+        c.retry_backoff = Duration::from_millis(1);
+        let client = ZdbClient::new(c);
+        let mut seen = Vec::new();
+        client
+            .get_each(&[b"a", b"b", b"c"], |i, value| {
+                seen.push((i, value.map(|v| v.to_vec())));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (0, Some(b"A".to_vec())),
+                (1, Some(b"B".to_vec())),
+                (2, None)
+            ]
+        );
+        drop(client);
         server.join().unwrap();
     }
 
