@@ -553,6 +553,9 @@ impl MountedImage {
             while !handle.is_finished() && start.elapsed() < SESSION_END_GRACE {
                 std::thread::sleep(Duration::from_millis(10));
             }
+            if !self.fetcher.flush_cache_writes(Duration::from_secs(30)) {
+                tracing::warn!("some fetched chunks were not written to the host cache");
+            }
             if handle.is_finished() {
                 match handle.join() {
                     Ok(Ok(())) => {}

@@ -189,6 +189,9 @@ impl Flight {
 
 type FlightTable = Arc<Mutex<HashMap<ChunkId, Arc<Flight>>>>;
 
+/// Decoded chunks handed to the cache writers and not yet written.
+type PendingWrites = Arc<std::sync::atomic::AtomicUsize>;
+
 /// Removes the flight of `id` from `flights` and settles it with `result`.
 fn settle_flight(flights: &FlightTable, id: &ChunkId, result: FlightResult) {
     let flight = flights.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
@@ -247,6 +250,7 @@ struct Core {
     limiter: Option<RateLimiter>,
     /// Hands decoded chunks to the cache writers, so fetch workers do not wait on the disk.
     cache_writes: Option<Sender<(ChunkRef, Arc<Vec<u8>>)>>,
+    pending_writes: PendingWrites,
 }
 
 /// Produces verified plaintext chunks; see the module docs. Share with `Arc`.
@@ -278,9 +282,11 @@ impl Fetcher {
         let flights: FlightTable = Arc::new(Mutex::new(HashMap::new()));
         let (write_tx, write_rx) =
             crossbeam_channel::bounded::<(ChunkRef, Arc<Vec<u8>>)>(CACHE_WRITE_QUEUE);
+        let pending_writes: PendingWrites = Arc::default();
         let mut writers = 0;
         for i in 0..CACHE_WRITERS {
             let (cache, flights, rx) = (Arc::clone(&cache), Arc::clone(&flights), write_rx.clone());
+            let pending = Arc::clone(&pending_writes);
             let spawned = std::thread::Builder::new()
                 .name(format!("cache-write-{i}"))
                 .spawn(move || {
@@ -289,6 +295,7 @@ impl Fetcher {
                             tracing::warn!("cannot cache chunk {}: {e}", r.id);
                         }
                         settle_flight(&flights, &r.id, Ok(plain));
+                        pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     }
                 });
             match spawned {
@@ -305,6 +312,7 @@ impl Fetcher {
             recent: Mutex::new(VecDeque::new()),
             limiter,
             cache_writes: (writers > 0).then_some(write_tx),
+            pending_writes,
         });
         let (demand_tx, demand_rx) = unbounded::<Vec<ChunkRef>>();
         let (prefetch_tx, prefetch_rx) = unbounded::<Vec<ChunkRef>>();
@@ -341,6 +349,26 @@ impl Fetcher {
     /// The host cache this fetcher fills.
     pub fn cache(&self) -> &Arc<HostCache> {
         &self.core.cache
+    }
+
+    /// Waits (at most `timeout`) until every fetched chunk handed to the cache writers is written.
+    /// Returns whether the queue drained. Call before exiting so fetched chunks are not lost.
+    pub fn flush_cache_writes(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self
+                .core
+                .pending_writes
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
+                return true;
+            }
+            if start.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The metrics this fetcher updates.
@@ -602,10 +630,16 @@ impl Core {
                     f.complete(Ok(Arc::clone(&plain)));
                 }
                 self.recent_put(r.id, Arc::clone(&plain));
+                self.pending_writes
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let queued = self
                     .cache_writes
                     .as_ref()
                     .is_some_and(|w| w.send((*r, Arc::clone(&plain))).is_ok());
+                if !queued {
+                    self.pending_writes
+                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 if !queued {
                     if let Err(e) = self.cache.insert(&r.id, &plain) {
                         tracing::warn!("cannot cache chunk {}: {e}", r.id);
