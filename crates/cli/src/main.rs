@@ -33,6 +33,8 @@ enum Command {
     Umount(cmd::umount::Args),
     /// Fetch a mounted image or an image file into the host cache.
     Hydrate(cmd::hydrate::Args),
+    /// Inspect or reset a node's write layer.
+    Layer(cmd::layer::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Mount(a) => cmd::mount::run(a),
         Command::Umount(a) => cmd::umount::run(a),
         Command::Hydrate(a) => cmd::hydrate::run(a),
+        Command::Layer(a) => cmd::layer::run(a),
     }
 }

@@ -3,6 +3,7 @@
 pub mod hydrate;
 pub mod inspect;
 pub mod key;
+pub mod layer;
 pub mod mount;
 pub mod pack;
 pub mod umount;
