@@ -768,6 +768,20 @@ fn trace_then_hydrate_serves_everything_without_the_store() {
     assert_eq!(m2.metric("thinnode_mount_chunks_fetched_total"), 0.0);
     assert_eq!(m2.metric("thinnode_mount_read_errors_total"), 0.0);
 
+    // `--file` limits hydration to the given paths: victim.bin is exactly two chunks.
+    let out = run_ok(&[
+        "hydrate",
+        img.to_str().expect("utf8"),
+        "--cache",
+        tmp.path().join("cache3").to_str().expect("utf8"),
+        "--store",
+        &format!("dir://{}", tmp.path().join("store-gone").display()),
+        "--file",
+        "victim.bin",
+        "--quiet",
+    ]);
+    assert!(out.contains("hydrated 2 chunks"), "{out}");
+
     // `hydrate MOUNTPOINT` finds the running mount's image and cache: nothing left to fetch.
     let out = run_ok(&["hydrate", mnt.to_str().expect("utf8"), "--quiet"]);
     assert!(
