@@ -37,6 +37,24 @@ where
                         .map(|r| &inbuf[base + r.start..base + r.end])
                         .collect();
                     consumed += n;
+                    if cmd::set::batchable(&argv) && !session.ns.is_removed() {
+                        // Pipelined SETs: gather the run and write it as one batch.
+                        let mut run = vec![argv];
+                        while let Ok(Some(n2)) = parse_request(&inbuf[consumed..], &mut ranges) {
+                            let base = consumed;
+                            let next: Vec<&[u8]> = ranges
+                                .iter()
+                                .map(|r| &inbuf[base + r.start..base + r.end])
+                                .collect();
+                            if !cmd::set::batchable(&next) {
+                                break;
+                            }
+                            run.push(next);
+                            consumed += n2;
+                        }
+                        cmd::set::run_batch(&db, &mut session, &run, &mut out);
+                        continue;
+                    }
                     match cmd::execute(&db, &mut session, &argv, &mut out) {
                         Outcome::Done => {}
                         Outcome::Close => {

@@ -277,6 +277,46 @@ struct WriterState {
     dirty: BTreeSet<u32>,
 }
 
+/// Writer positions saved before staging, to roll back a failed write.
+#[derive(Default)]
+struct SavedPositions {
+    data_end: u64,
+    data_previous: u32,
+    index_end: u64,
+    index_previous: u32,
+    index_last: u32,
+}
+
+/// Entries staged for one write: the bytes to append to the current data and index files.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    index: Vec<u8>,
+    data_start: u64,
+    index_start: u64,
+    /// Records in earlier index files (or committed earlier) to flag deleted once the data is written.
+    flags: Vec<(u32, u32)>,
+    entries: Vec<(Vec<u8>, KeyEntry)>,
+    saved: SavedPositions,
+}
+
+impl Batch {
+    fn new(w: &WriterState) -> Self {
+        Batch {
+            data_start: w.data_end,
+            index_start: w.index_end,
+            saved: SavedPositions {
+                data_end: w.data_end,
+                data_previous: w.data_previous,
+                index_end: w.index_end,
+                index_previous: w.index_previous,
+                index_last: w.index_last.get(w.fileid as usize).copied().unwrap_or(0),
+            },
+            ..Batch::default()
+        }
+    }
+}
+
 /// One namespace.
 pub struct Namespace {
     /// The namespace's name.
@@ -891,65 +931,128 @@ impl Namespace {
 
     /// Stores `value` (SET). `key` is the user key, or in seq mode empty for a new id or an existing id.
     pub fn set(&self, key: &[u8], value: &[u8], timestamp: u32) -> Result<SetOutcome, WriteError> {
+        self.set_many(&[(key, value)], timestamp)
+            .pop()
+            .unwrap_or(Err(WriteError::Data(io::Error::other("empty batch"))))
+    }
+
+    /// Stores several values in order (pipelined SETs): one data write and one index write for the whole
+    /// batch (more when a data file fills up). Results are in the order of `items`.
+    pub fn set_many(
+        &self,
+        items: &[(&[u8], &[u8])],
+        timestamp: u32,
+    ) -> Vec<Result<SetOutcome, WriteError>> {
         if self.is_read_only_fs() {
-            return Err(WriteError::ReadOnlyFilesystem);
+            return items
+                .iter()
+                .map(|_| Err(WriteError::ReadOnlyFilesystem))
+                .collect();
         }
         let (mode, worm, maxsize) = {
             let s = rl(&self.settings);
             (s.mode, s.worm, s.maxsize)
         };
         let mut w = lock(&self.writer);
-        let (existing, seq_next) = {
+        let mut batch = Batch::new(&w);
+        let mut results: Vec<Result<SetOutcome, WriteError>> = Vec::with_capacity(items.len());
+        // Indexes into `results` of the items staged in `batch`.
+        let mut staged: Vec<usize> = Vec::new();
+        let (mut next_seq, mut datasize) = {
             let k = rl(&self.keys);
+            (k.next_seq, k.datasize)
+        };
+        for &(key, value) in items {
             let existing = if key.is_empty() {
                 None
             } else {
-                k.map.get(key).copied()
+                self.lookup_staged(&batch, key)
             };
-            (existing, k.next_seq)
-        };
-        let live = existing.filter(|e| !e.deleted);
-        let key: Vec<u8> = match mode {
-            Mode::User => {
-                if key.is_empty() {
-                    return Err(WriteError::KeyNeeded);
+            let live = existing.filter(|e| !e.deleted);
+            let key: Vec<u8> = match mode {
+                Mode::User if key.is_empty() => {
+                    results.push(Err(WriteError::KeyNeeded));
+                    continue;
                 }
-                key.to_vec()
-            }
-            Mode::Seq => {
-                if key.is_empty() {
-                    seq_next.to_le_bytes().to_vec()
-                } else if existing.is_none() {
-                    return Err(WriteError::OnlyUpdate);
-                } else {
-                    key.to_vec()
+                Mode::User => key.to_vec(),
+                Mode::Seq if key.is_empty() => next_seq.to_le_bytes().to_vec(),
+                Mode::Seq if existing.is_none() => {
+                    results.push(Err(WriteError::OnlyUpdate));
+                    continue;
+                }
+                Mode::Seq => key.to_vec(),
+            };
+            let crc = zdb_crc32(value);
+            if let Some(e) = live {
+                if e.crc == crc && e.length as usize == value.len() {
+                    results.push(Ok(SetOutcome::Unchanged));
+                    continue;
+                }
+                if worm {
+                    results.push(Err(WriteError::Worm));
+                    continue;
                 }
             }
-        };
-        let crc = zdb_crc32(value);
-        if let Some(e) = live {
-            if e.crc == crc && e.length as usize == value.len() {
-                return Ok(SetOutcome::Unchanged);
-            }
-            if worm {
-                return Err(WriteError::Worm);
-            }
-        }
-        if maxsize > 0 {
             let floating = live.map(|e| e.length as u64).unwrap_or(0);
-            let (_, datasize) = self.stats();
-            if datasize + value.len() as u64 > maxsize + floating {
-                return Err(WriteError::NoSpace);
+            if maxsize > 0 && datasize + value.len() as u64 > maxsize + floating {
+                results.push(Err(WriteError::NoSpace));
+                continue;
+            }
+            if w.data_end > DATA_HEADER_LEN as u64
+                && w.data_end + value.len() as u64 > self.cfg.datasize
+            {
+                let outcome = self.commit(&mut w, std::mem::take(&mut batch));
+                Self::settle(&mut results, &mut staged, outcome);
+                let jumped = self.jump_locked(&mut w);
+                batch = Batch::new(&w);
+                if let Err(e) = jumped {
+                    results.push(Err(WriteError::Data(io_of(e))));
+                    continue;
+                }
+            }
+            if existing.is_none() {
+                next_seq += 1;
+            }
+            datasize = datasize + value.len() as u64 - floating;
+            self.stage(&mut w, &mut batch, &key, value, crc, 0, timestamp, existing);
+            staged.push(results.len());
+            results.push(Ok(SetOutcome::Stored(key)));
+        }
+        let outcome = self.commit(&mut w, batch);
+        Self::settle(&mut results, &mut staged, outcome);
+        results
+    }
+
+    /// Replaces the results of staged items by the commit error, if the commit failed.
+    fn settle(
+        results: &mut [Result<SetOutcome, WriteError>],
+        staged: &mut Vec<usize>,
+        outcome: Result<(), WriteError>,
+    ) {
+        if let Err(e) = outcome {
+            for &i in staged.iter() {
+                if let Some(r) = results.get_mut(i) {
+                    *r = Err(match &e {
+                        WriteError::Index(io) => {
+                            WriteError::Index(io::Error::new(io.kind(), io.to_string()))
+                        }
+                        other => WriteError::Data(io::Error::other(other.to_string())),
+                    });
+                }
             }
         }
-        if w.data_end > DATA_HEADER_LEN as u64
-            && w.data_end + value.len() as u64 > self.cfg.datasize
-        {
-            self.jump_locked(&mut w)
-                .map_err(|e| WriteError::Data(io_of(e)))?;
-        }
-        self.append_locked(&mut w, &key, value, crc, 0, timestamp, existing)?;
-        Ok(SetOutcome::Stored(key))
+        staged.clear();
+    }
+
+    /// A key's entry, looking at entries staged in `batch` first.
+    fn lookup_staged(&self, batch: &Batch, key: &[u8]) -> Option<KeyEntry> {
+        batch
+            .entries
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_slice() == key)
+            .map(|(_, e)| *e)
+            .or_else(|| self.lookup(key))
     }
 
     /// Deletes a key (DEL).
@@ -963,40 +1066,33 @@ impl Namespace {
         if worm {
             return Err(WriteError::WormDelete);
         }
-        self.append_locked(
+        let mut batch = Batch::new(&w);
+        self.stage(
             &mut w,
+            &mut batch,
             key,
             &[],
             0,
             FLAG_DELETED,
             now_timestamp(),
             Some(existing),
-        )
+        );
+        self.commit(&mut w, batch)
     }
 
+    /// Adds one data entry and its index record to `batch`, advancing the writer's positions.
     #[allow(clippy::too_many_arguments)]
-    fn append_locked(
+    fn stage(
         &self,
         w: &mut WriterState,
+        batch: &mut Batch,
         key: &[u8],
         value: &[u8],
         crc: u32,
         flags: u8,
         timestamp: u32,
         existing: Option<KeyEntry>,
-    ) -> Result<(), WriteError> {
-        let (data, index) = {
-            let f = rl(&self.files);
-            (
-                f.data.get(w.fileid as usize).cloned(),
-                f.index.get(w.fileid as usize).cloned(),
-            )
-        };
-        let missing = || io::Error::new(io::ErrorKind::NotFound, "current file missing");
-        let data = data.ok_or_else(|| WriteError::Data(missing()))?;
-        let index = index.ok_or_else(|| WriteError::Index(missing()))?;
-
-        // Data entry.
+    ) {
         let data_off = w.data_end;
         let header = DataEntryHeader {
             idlength: key.len() as u8,
@@ -1006,32 +1102,33 @@ impl Namespace {
             flags,
             timestamp,
         };
-        let mut buf = Vec::with_capacity(DATA_ENTRY_HEADER_LEN + key.len() + value.len());
-        buf.extend_from_slice(&header.encode());
-        buf.extend_from_slice(key);
-        buf.extend_from_slice(value);
-        data.write_all_at(&buf, data_off)
-            .map_err(WriteError::Data)?;
+        batch.data.extend_from_slice(&header.encode());
+        batch.data.extend_from_slice(key);
+        batch.data.extend_from_slice(value);
 
-        // Supersede the previous version in place.
-        let live_existing = existing.filter(|e| !e.deleted);
-        if let Some(e) = live_existing {
-            if let Some(old) = self.index_file_rw(e.idxid, w.fileid, &index) {
-                old.write_all_at(&[FLAG_DELETED], e.idxoffset as u64 + INDEX_RECORD_FLAGS_AT)
-                    .map_err(WriteError::Index)?;
-                if e.idxid != w.fileid {
-                    let _ = old.sync_data();
+        // The previous version gets the deleted flag: in the batch buffer if it was staged here, on disk
+        // (after the data is written) otherwise.
+        if let Some(e) = existing.filter(|e| !e.deleted) {
+            if e.idxid == w.fileid && e.idxoffset as u64 >= batch.index_start {
+                let at = (e.idxoffset as u64 - batch.index_start + INDEX_RECORD_FLAGS_AT) as usize;
+                if let Some(b) = batch.index.get_mut(at) {
+                    *b |= FLAG_DELETED;
                 }
-                w.dirty.insert(e.idxid);
+                if let Some((_, staged)) = batch
+                    .entries
+                    .iter_mut()
+                    .rev()
+                    .find(|(_, s)| s.idxid == e.idxid && s.idxoffset == e.idxoffset)
+                {
+                    staged.deleted = true;
+                }
+            } else {
+                batch.flags.push((e.idxid, e.idxoffset));
             }
         }
 
-        // Index record.
         let idx_off = w.index_end;
-        let (parentid, parentoff) = match existing {
-            Some(e) => (e.idxid, e.idxoffset),
-            None => (0, 0),
-        };
+        let (parentid, parentoff) = existing.map(|e| (e.idxid, e.idxoffset)).unwrap_or((0, 0));
         let rec = IndexRecord {
             offset: data_off as u32,
             length: value.len() as u32,
@@ -1044,11 +1141,78 @@ impl Namespace {
             parentoff,
             key: key.to_vec(),
         };
-        let rec_bytes = rec.encode();
-        index
-            .write_all_at(&rec_bytes, idx_off)
-            .map_err(WriteError::Index)?;
+        let before = batch.index.len();
+        rec.encode_into(&mut batch.index);
+        w.data_previous = data_off as u32;
+        w.data_end += (DATA_ENTRY_HEADER_LEN + key.len() + value.len()) as u64;
+        w.index_previous = idx_off as u32;
+        w.index_end += (batch.index.len() - before) as u64;
+        if let Some(l) = w.index_last.get_mut(w.fileid as usize) {
+            *l = idx_off as u32;
+        }
+        batch.entries.push((
+            key.to_vec(),
+            KeyEntry {
+                dataid: w.fileid,
+                offset: data_off as u32,
+                length: value.len() as u32,
+                crc,
+                timestamp,
+                idxid: w.fileid,
+                idxoffset: idx_off as u32,
+                deleted: flags & FLAG_DELETED != 0,
+            },
+        ));
+    }
 
+    /// Writes a staged batch: data first, then the in-place flags of superseded records, then the index
+    /// records (so a crash never leaves an index record without its data); fsyncs when configured; then
+    /// publishes the new locations to readers.
+    fn commit(&self, w: &mut WriterState, batch: Batch) -> Result<(), WriteError> {
+        if batch.entries.is_empty() {
+            return Ok(());
+        }
+        let (data, index) = {
+            let f = rl(&self.files);
+            (
+                f.data.get(w.fileid as usize).cloned(),
+                f.index.get(w.fileid as usize).cloned(),
+            )
+        };
+        let missing = || io::Error::new(io::ErrorKind::NotFound, "current file missing");
+        let rollback = |w: &mut WriterState, b: &Batch| {
+            w.data_end = b.saved.data_end;
+            w.data_previous = b.saved.data_previous;
+            w.index_end = b.saved.index_end;
+            w.index_previous = b.saved.index_previous;
+            if let Some(l) = w.index_last.get_mut(w.fileid as usize) {
+                *l = b.saved.index_last;
+            }
+        };
+        let (Some(data), Some(index)) = (data, index) else {
+            rollback(w, &batch);
+            return Err(WriteError::Data(missing()));
+        };
+        if let Err(e) = data.write_all_at(&batch.data, batch.data_start) {
+            rollback(w, &batch);
+            return Err(WriteError::Data(e));
+        }
+        for &(idxid, idxoffset) in &batch.flags {
+            if let Some(old) = self.index_file_rw(idxid, w.fileid, &index) {
+                old.write_all_at(&[FLAG_DELETED], idxoffset as u64 + INDEX_RECORD_FLAGS_AT)
+                    .map_err(WriteError::Index)?;
+                if idxid != w.fileid {
+                    let _ = old.sync_data();
+                }
+                w.dirty.insert(idxid);
+            }
+        }
+        if let Err(e) = index.write_all_at(&batch.index, batch.index_start) {
+            // The data is on disk; the next start-up re-indexes it from the data file.
+            w.index_end = batch.saved.index_end;
+            w.index_previous = batch.saved.index_previous;
+            return Err(WriteError::Index(e));
+        }
         if self.cfg.sync
             || (self.cfg.synctime > 0 && w.last_sync.elapsed().as_secs() >= self.cfg.synctime)
         {
@@ -1056,25 +1220,10 @@ impl Namespace {
             index.sync_data().map_err(WriteError::Index)?;
             w.last_sync = Instant::now();
         }
-
-        w.data_previous = data_off as u32;
-        w.data_end += buf.len() as u64;
-        w.index_previous = idx_off as u32;
-        w.index_end += rec_bytes.len() as u64;
-        if let Some(l) = w.index_last.get_mut(w.fileid as usize) {
-            *l = idx_off as u32;
+        let mut keys = wl(&self.keys);
+        for (key, entry) in &batch.entries {
+            keys.apply(key, *entry);
         }
-        let entry = KeyEntry {
-            dataid: w.fileid,
-            offset: data_off as u32,
-            length: value.len() as u32,
-            crc,
-            timestamp,
-            idxid: w.fileid,
-            idxoffset: idx_off as u32,
-            deleted: flags & FLAG_DELETED != 0,
-        };
-        wl(&self.keys).apply(key, entry);
         Ok(())
     }
 

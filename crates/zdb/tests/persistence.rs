@@ -369,3 +369,82 @@ impl TerminateOrKill for testkit::ZdbProcess {
         }
     }
 }
+
+#[test]
+fn pipelined_set_batches_with_duplicates_and_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut z = start(dir.path(), &["--datasize", "3000"]);
+    let mut r = Raw::connect(z.port);
+    // One pipeline: new keys, the same key several times (overwrite inside the batch), an unchanged value,
+    // an empty key (error), an oversized key (error), enough bytes to rotate data files mid-batch.
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for round in 0..4 {
+        for i in 0..20 {
+            let k = format!("b{i}");
+            let v = format!("r{round}-{}", "x".repeat(i * 10));
+            batch.extend(encode(&[b"SET", k.as_bytes(), v.as_bytes()]));
+            expected.push(bulk(k.as_bytes()));
+        }
+        batch.extend(encode(&[b"SET", b"b0", format!("r{round}-").as_bytes()]));
+        expected.push(OwnedFrame::Null);
+        batch.extend(encode(&[b"SET", b"", b"v"]));
+        expected.push(err("Invalid argument, key needed"));
+        batch.extend(encode(&[b"SET", "k".repeat(300).as_bytes(), b"v"]));
+        expected.push(err("Key too large"));
+    }
+    batch.extend(encode(&[b"GET", b"b19"]));
+    let last19 = format!("r3-{}", "x".repeat(190));
+    expected.push(bulk(last19.as_bytes()));
+    r.send_raw(&batch);
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(&r.read_frame().unwrap(), want, "reply {i}");
+    }
+    let files = std::fs::read_dir(dir.path().join("data/default"))
+        .unwrap()
+        .count();
+    assert!(
+        files > 3,
+        "expected rotation inside the batch, got {files} data files"
+    );
+    let check = |r: &mut Raw| {
+        for i in 0..20 {
+            let v = format!("r3-{}", "x".repeat(i * 10));
+            assert_eq!(
+                r.cmd(&[b"GET", format!("b{i}").as_bytes()]),
+                bulk(v.as_bytes()),
+                "b{i}"
+            );
+            assert_eq!(r.cmd(&[b"CHECK", format!("b{i}").as_bytes()]), int(1));
+        }
+        assert_eq!(r.c(&["DBSIZE"]), int(20));
+        let keys = scan_all(r, "SCAN");
+        assert_eq!(keys.len(), 20, "each live key once: {keys:?}");
+        // HISTORY: four versions of b5, newest first.
+        let OwnedFrame::Array(mut h) = r.c(&["HISTORY", "b5"]) else {
+            panic!()
+        };
+        for round in (0..4).rev() {
+            assert_eq!(
+                h[2],
+                bulk(format!("r{round}-{}", "x".repeat(50)).as_bytes())
+            );
+            if round > 0 {
+                let OwnedFrame::Array(next) = r.cmd(&[b"HISTORY", b"b5", &bytes_of(&h[0])]) else {
+                    panic!()
+                };
+                h = next;
+            }
+        }
+    };
+    check(&mut r);
+    drop(r);
+    z.restart();
+    let mut r = Raw::connect(z.port);
+    check(&mut r);
+    let l = {
+        z.child.kill();
+        start_logged(dir.path(), "rebuilt", &["--rebuild-index"])
+    };
+    check(&mut Raw::connect(l.port));
+}

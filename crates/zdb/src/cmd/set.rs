@@ -48,3 +48,82 @@ pub fn run(ctx: &mut Ctx<'_>) -> Outcome {
     }
     Outcome::Done
 }
+
+/// Whether a request is a plain `SET key value` that can join a batch.
+pub fn batchable(args: &[&[u8]]) -> bool {
+    args.len() == 3
+        && (args[0].eq_ignore_ascii_case(b"SET") || args[0].eq_ignore_ascii_case(b"SETX"))
+}
+
+/// Runs consecutive pipelined `SET key value` requests as one write batch; replies in order, exactly as
+/// [`run`] would one by one.
+pub fn run_batch(
+    db: &crate::db::Database,
+    session: &mut super::Session,
+    requests: &[Vec<&[u8]>],
+    out: &mut bytes::BytesMut,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    db.stats
+        .commands_valid
+        .fetch_add(requests.len() as u64, Relaxed);
+    let ns = session.ns.clone();
+    // Per request: Err(message) refused before writing, Ok(i) index into the batch.
+    let mut plan: Vec<Result<usize, &'static str>> = Vec::with_capacity(requests.len());
+    let mut items: Vec<(&[u8], &[u8])> = Vec::with_capacity(requests.len());
+    for req in requests {
+        let (key, value) = match (req.get(1), req.get(2)) {
+            (Some(k), Some(v)) => (*k, *v),
+            _ => {
+                plan.push(Err("Unexpected arguments"));
+                continue;
+            }
+        };
+        let refused = if key.len() > MAX_KEY_LEN {
+            Some("Key too large")
+        } else if !session.writable {
+            Some(READ_ONLY)
+        } else if ns.is_frozen() {
+            Some(FROZEN)
+        } else if ns.is_locked() {
+            Some(LOCKED)
+        } else {
+            None
+        };
+        match refused {
+            Some(msg) => plan.push(Err(msg)),
+            None => {
+                plan.push(Ok(items.len()));
+                items.push((key, value));
+            }
+        }
+    }
+    let timestamp = now_timestamp();
+    let mut results = if db.cfg.sync {
+        tokio::task::block_in_place(|| ns.set_many(&items, timestamp))
+    } else {
+        ns.set_many(&items, timestamp)
+    };
+    for p in plan {
+        match p {
+            Err(msg) => protocol::error(out, msg),
+            Ok(i) => match results
+                .get_mut(i)
+                .map(|r| std::mem::replace(r, Ok(SetOutcome::Unchanged)))
+            {
+                Some(Ok(SetOutcome::Stored(key))) => protocol::bulk(out, &key),
+                Some(Ok(SetOutcome::Unchanged)) => protocol::nil(out),
+                Some(Err(e)) => {
+                    if let crate::namespace::WriteError::Data(io)
+                    | crate::namespace::WriteError::Index(io) = &e
+                    {
+                        tracing::error!(namespace = %ns.name, "write failed: {io}");
+                    }
+                    protocol::error(out, &e.to_string());
+                }
+                None => protocol::error(out, "Internal Error"),
+            },
+        }
+        db.notify(&ns.name, "SET");
+    }
+}
