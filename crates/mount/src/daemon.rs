@@ -167,6 +167,23 @@ pub fn read_record(mountpoint: &Path) -> Option<MountRecord> {
     serde_json::from_slice(&text).ok()
 }
 
+/// Removes records left by mount processes that no longer run (killed daemons).
+pub fn prune_dead_records() {
+    let Ok(entries) = fs::read_dir(RUN_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let dead = fs::read(&path)
+            .ok()
+            .and_then(|text| serde_json::from_slice::<MountRecord>(&text).ok())
+            .is_some_and(|rec| !pid_alive(rec.pid));
+        if dead {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
 fn write_record(rec: &MountRecord) -> Result<(), MountError> {
     fs::create_dir_all(RUN_DIR).map_err(io_ctx(format!("create {RUN_DIR}")))?;
     let path = record_path(&rec.mountpoint);
@@ -355,6 +372,7 @@ impl MountedImage {
     /// Mounts the image and returns once the mountpoint answers (kernel readahead already set).
     pub fn mount(config: MountConfig) -> Result<MountedImage, MountError> {
         let mountpoint = absolute_mountpoint(&config.mountpoint)?;
+        prune_dead_records();
         clean_stale_mount(&mountpoint)?;
         let meta = fs::metadata(&mountpoint).map_err(|e| MountError::Mountpoint {
             path: mountpoint.clone(),
