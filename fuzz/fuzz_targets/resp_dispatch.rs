@@ -1,14 +1,14 @@
-//! Fuzz target: arbitrary bytes through the RESP request decoder and, for every request it accepts, the
-//! command dispatcher of a real (temporary, on-disk) database. Must never panic or loop.
+//! Fuzz target: arbitrary bytes through the connection's request processing (RESP decoder, SET batching,
+//! command dispatch) on a real temporary database. Must never panic or loop.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use zdb::cmd::{execute, Outcome, Session};
+use zdb::cmd::Session;
+use zdb::connection::{process, Stop};
 use zdb::db::Database;
-use zdb::protocol::parse_request;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -32,22 +32,18 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut out = BytesMut::new();
-    let mut ranges = Vec::new();
     let mut pos = 0;
-    while pos < data.len() {
-        match parse_request(&data[pos..], &mut ranges) {
-            Ok(Some(n)) => {
-                let args: Vec<&[u8]> = ranges
-                    .iter()
-                    .map(|r| &data[pos + r.start..pos + r.end])
-                    .collect();
-                assert!(n > 0, "decoder consumed nothing");
-                pos += n;
-                if execute(&f.db, &mut session, &args, &mut out) == Outcome::Close {
-                    break;
-                }
+    // Feed the input in two pieces, as a socket might deliver it.
+    let split = data.len() / 2;
+    for end in [split, data.len()] {
+        loop {
+            let (n, stop) = process(&f.db, &mut session, &data[pos..end], &mut out);
+            pos += n;
+            match stop {
+                Stop::Close => return,
+                Stop::NeedMore => break,
+                Stop::Wait { .. } => continue,
             }
-            Ok(None) | Err(_) => break,
         }
     }
 });
