@@ -201,3 +201,20 @@ fn warns_when_every_client_is_admin() {
     assert_eq!(r.c(&["NSNEW", "anyone"]), err("Permission denied"));
     assert!(!closed.log_text().contains("every client is admin"));
 }
+
+#[test]
+fn sigterm_stops_cleanly_and_data_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut z = start(dir.path(), &[]);
+    let mut r = Raw::connect(z.port);
+    assert_eq!(r.c(&["SET", "kept", "yes"]), bulk(b"kept"));
+    let status = z
+        .child
+        .terminate(Duration::from_secs(10))
+        .expect("server did not stop on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(r.read_frame(), None, "connections are closed at shutdown");
+    z.restart();
+    let mut r = Raw::connect(z.port);
+    assert_eq!(r.c(&["GET", "kept"]), bulk(b"yes"));
+}
