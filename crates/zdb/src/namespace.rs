@@ -1197,6 +1197,10 @@ impl Namespace {
             rollback(w, &batch);
             return Err(WriteError::Data(e));
         }
+        if self.cfg.sync && !batch.flags.is_empty() {
+            // The old versions are flagged only once the new data is durable.
+            data.sync_data().map_err(WriteError::Data)?;
+        }
         for &(idxid, idxoffset) in &batch.flags {
             if let Some(old) = self.index_file_rw(idxid, w.fileid, &index) {
                 old.write_all_at(&[FLAG_DELETED], idxoffset as u64 + INDEX_RECORD_FLAGS_AT)
