@@ -66,7 +66,7 @@ enum Listener {
 fn server_id(args: &ServerArgs) -> String {
     match &args.socket {
         Some(p) => format!("unix://{}", p.display()),
-        None => format!("{}:{}", args.listen, args.port),
+        None => format!("tcp://{}:{}", args.listen, args.port),
     }
 }
 

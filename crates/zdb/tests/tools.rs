@@ -45,7 +45,7 @@ fn hook_is_called_on_events() {
         t.contains("ready") && t.contains("namespace-created") && t.contains("jump")
     });
     let t = std::fs::read_to_string(&log).unwrap();
-    let id = format!("127.0.0.1:{}", z.port);
+    let id = format!("tcp://127.0.0.1:{}", z.port);
     assert!(
         t.lines()
             .any(|l| l == format!("namespace-created {id} hooked")),
