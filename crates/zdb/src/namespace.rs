@@ -860,8 +860,12 @@ impl Namespace {
 
     /// Reads the payload of `e` into `out` (which must be `e.length` bytes).
     pub fn read_payload(&self, key_len: usize, e: &KeyEntry, out: &mut [u8]) -> io::Result<()> {
-        let f = self
-            .data_file(e.dataid)
+        // Read under the (shared) files lock rather than cloning the handle: fewer atomic operations on the
+        // hot path; only a file rotation waits for it.
+        let files = rl(&self.files);
+        let f = files
+            .data
+            .get(e.dataid as usize)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "data file missing"))?;
         let at = e.offset as u64 + DATA_ENTRY_HEADER_LEN as u64 + key_len as u64;
         f.read_exact_at(out, at)
