@@ -88,8 +88,10 @@ fn looks_incompressible(plain: &[u8], level: i32) -> Result<bool, ImageError> {
 }
 
 /// Verifies and decodes one stored object: checks `ChunkId::of(stored) == r.id`, decrypts (AEAD tag),
-/// decompresses, checks the plaintext length and that the derived key matches. Never returns wrong
-/// bytes: any mismatch is [`ImageError::CorruptChunk`].
+/// decompresses and checks the plaintext length. Never returns wrong bytes: any mismatch is
+/// [`ImageError::CorruptChunk`]. The id check alone pins the stored bytes to what pack produced, so the
+/// plaintext is not hashed again here (that costs a BLAKE3 pass per read); [`check_chunk_key`] does that
+/// extra check where it is wanted (`verify --deep`).
 pub fn decode_chunk(r: &ChunkRef, stored: &[u8]) -> Result<Vec<u8>, ImageError> {
     let corrupt = |reason: String| ImageError::CorruptChunk { id: r.id, reason };
     if stored.len() != r.stored_len as usize {
@@ -120,10 +122,19 @@ pub fn decode_chunk(r: &ChunkRef, stored: &[u8]) -> Result<Vec<u8>, ImageError> 
             r.plain_len
         )));
     }
-    if chunk_key(&plain) != r.key {
-        return Err(corrupt("plaintext does not derive the recorded key".into()));
-    }
     Ok(plain)
+}
+
+/// Checks that a decoded plaintext derives the key the manifest records for it (a packer bug or a
+/// forged manifest entry would show here).
+pub fn check_chunk_key(r: &ChunkRef, plain: &[u8]) -> Result<(), ImageError> {
+    if chunk_key(plain) != r.key {
+        return Err(ImageError::CorruptChunk {
+            id: r.id,
+            reason: "plaintext does not derive the recorded key".into(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -159,6 +170,19 @@ mod tests {
         let enc = encode_chunk(&mixed, 1).unwrap();
         assert!(!enc.chunk_ref.compressed);
         assert_eq!(decode_chunk(&enc.chunk_ref, &enc.stored).unwrap(), mixed);
+    }
+
+    #[test]
+    fn check_chunk_key_catches_a_key_that_the_plaintext_does_not_derive() {
+        let enc = encode_chunk(b"header of block 7", 1).unwrap();
+        let plain = decode_chunk(&enc.chunk_ref, &enc.stored).unwrap();
+        check_chunk_key(&enc.chunk_ref, &plain).unwrap();
+        let mut forged = enc.chunk_ref;
+        forged.key[0] ^= 1;
+        assert!(matches!(
+            check_chunk_key(&forged, &plain),
+            Err(ImageError::CorruptChunk { .. })
+        ));
     }
 
     #[test]

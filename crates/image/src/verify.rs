@@ -6,7 +6,7 @@ use ed25519_dalek::VerifyingKey;
 use rayon::prelude::*;
 use store::ChunkStore;
 
-use crate::codec::decode_chunk;
+use crate::codec::{check_chunk_key, decode_chunk};
 use crate::tree::walk_tree;
 use crate::{ChunkId, FileKind, ImageError, ImageManifest};
 
@@ -141,7 +141,9 @@ pub fn verify(
                     match data.and_then(|d| d.as_ref()) {
                         None => bad.push((*i, r.id, "missing from the store".to_string())),
                         Some(stored) => {
-                            if let Err(e) = decode_chunk(r, stored) {
+                            if let Err(e) =
+                                decode_chunk(r, stored).and_then(|p| check_chunk_key(r, &p))
+                            {
                                 let reason = match e {
                                     ImageError::CorruptChunk { reason, .. } => {
                                         format!("corrupt: {reason}")
