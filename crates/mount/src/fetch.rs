@@ -562,27 +562,34 @@ impl Core {
                 let ids: Vec<ChunkId> = missing_everywhere.iter().map(|r| r.id).collect();
                 let started = Instant::now();
                 self.metrics.fetches_in_flight.inc();
-                let answer = store.get_many(&ids);
+                // Objects are verified and handed on as they stream in, from the store's reused
+                // buffer; `delivered` says which arrived before any error.
+                let mut delivered = vec![false; ids.len()];
+                let answer = store.get_each(&ids, &mut |i, object| {
+                    if let (Some(r), Some(stored)) = (missing_everywhere.get(i), object) {
+                        self.accept(r, stored);
+                        if let Some(d) = delivered.get_mut(i) {
+                            *d = true;
+                        }
+                    }
+                    Ok(())
+                });
                 self.metrics.fetches_in_flight.dec();
                 self.metrics
                     .fetch_latency_seconds
                     .observe(started.elapsed().as_secs_f64());
+                let undelivered = missing_everywhere
+                    .iter()
+                    .zip(&delivered)
+                    .filter(|(_, d)| !**d)
+                    .map(|(r, _)| *r);
                 match answer {
-                    Ok(objects) => {
-                        let mut still_missing = Vec::new();
-                        for (i, r) in missing_everywhere.iter().enumerate() {
-                            match objects.get(i) {
-                                Some(Some(stored)) => self.accept(r, stored),
-                                _ => still_missing.push(*r),
-                            }
-                        }
-                        missing_everywhere = still_missing;
-                    }
+                    Ok(()) => missing_everywhere = undelivered.collect(),
                     Err(e) => {
                         self.metrics.store_errors.inc();
                         last_error = format!("{}: {e}", store.public_url());
                         tracing::debug!("store request failed: {last_error}");
-                        failed.extend(missing_everywhere.iter().copied());
+                        failed.extend(undelivered);
                         missing_everywhere.clear();
                     }
                 }

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use store::{ChunkId, ChunkStore, StoreError};
+use store::{ChunkId, ChunkStore, DeliverFn, StoreError};
 
 /// A store opened from its URL on first successful use (and reopened after opening failed).
 pub struct LazyStore {
@@ -65,8 +65,16 @@ impl ChunkStore for LazyStore {
         self.get_store()?.get_many(ids)
     }
 
+    fn get_each(&self, ids: &[ChunkId], deliver: &mut DeliverFn<'_>) -> Result<(), StoreError> {
+        self.get_store()?.get_each(ids, deliver)
+    }
+
     fn has_many(&self, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
         self.get_store()?.has_many(ids)
+    }
+
+    fn put_many(&self, items: &[(ChunkId, &[u8])]) -> Result<(), StoreError> {
+        self.get_store()?.put_many(items)
     }
 
     fn public_url(&self) -> String {
