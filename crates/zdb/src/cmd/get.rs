@@ -3,7 +3,6 @@
 use bytes::BufMut;
 
 use super::{Ctx, Outcome};
-use crate::namespace::MAX_KEY_LEN;
 use crate::protocol;
 
 /// Appends the value of `key` (or nil) to the reply; the payload is read straight into the buffer.
@@ -34,17 +33,9 @@ pub fn reply_value(ctx: &mut Ctx<'_>, key: &[u8]) {
 
 /// Runs GET.
 pub fn run(ctx: &mut Ctx<'_>) -> Outcome {
-    if !ctx.args_exact(2, false) {
+    let Some(key) = ctx.read_key() else {
         return Outcome::Done;
-    }
-    if ctx.args[1].len() > MAX_KEY_LEN {
-        ctx.error("Invalid key");
-        return Outcome::Done;
-    }
-    if ctx.refuse_if_frozen() {
-        return Outcome::Done;
-    }
-    let key = ctx.args[1];
+    };
     reply_value(ctx, key);
     Outcome::Done
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::db::Database;
-use crate::namespace::{Namespace, WriteError};
+use crate::namespace::{Namespace, WriteError, MAX_KEY_LEN};
 use crate::protocol;
 
 pub mod auth;
@@ -92,7 +92,7 @@ pub struct Ctx<'a> {
     pub out: &'a mut BytesMut,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
     /// Writes an error reply.
     pub fn error(&mut self, msg: &str) {
         protocol::error(self.out, msg);
@@ -123,6 +123,23 @@ impl Ctx<'_> {
             return false;
         }
         true
+    }
+
+    /// The key of a one-key read command (`CMD <key>`), after the checks every such command makes in
+    /// 0-db's order: argument count, key length, frozen namespace. `None` once an error was replied.
+    pub fn read_key(&mut self) -> Option<&'a [u8]> {
+        if !self.args_exact(2, false) {
+            return None;
+        }
+        let key = self.args.get(1).copied()?;
+        if key.len() > MAX_KEY_LEN {
+            self.error("Invalid key");
+            return None;
+        }
+        if self.refuse_if_frozen() {
+            return None;
+        }
+        Some(key)
     }
 
     /// Replies the frozen error when the namespace is frozen.
