@@ -219,3 +219,21 @@ impl ImageError {
         }
     }
 }
+
+/// A thread pool for work that waits on a store (fetching chunks): `threads` workers, or when 0, twice
+/// the cores and at least 4, so store latency overlaps with decoding.
+pub(crate) fn store_io_pool(threads: usize) -> Result<rayon::ThreadPool, ImageError> {
+    let threads = if threads == 0 {
+        (std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            * 2)
+        .max(4)
+    } else {
+        threads
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| ImageError::Invalid(format!("cannot start worker threads: {e}")))
+}

@@ -185,19 +185,7 @@ pub fn unpack(
             first_chunk += chunk_count;
         }
     }
-    let threads = if opts.threads == 0 {
-        (std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            * 2)
-        .max(4)
-    } else {
-        opts.threads
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| ImageError::Invalid(format!("cannot start worker threads: {e}")))?;
+    let pool = crate::store_io_pool(opts.threads)?;
     let bytes_written = AtomicU64::new(0);
     let chunks_fetched = AtomicU64::new(0);
     pool.install(|| {

@@ -109,19 +109,7 @@ pub fn verify(
     let store = store.ok_or_else(|| ImageError::Invalid("a deep verify needs a store".into()))?;
     let unique = m.unique_chunk_count();
     let indices: Vec<u32> = (0..unique as u32).collect();
-    let threads = if opts.threads == 0 {
-        (std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            * 2)
-        .max(4)
-    } else {
-        opts.threads
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| ImageError::Invalid(format!("cannot start worker threads: {e}")))?;
+    let pool = crate::store_io_pool(opts.threads)?;
     let bad: Vec<(u32, ChunkId, String)> = pool.install(|| {
         indices
             .par_chunks(opts.batch_chunks.max(1))
