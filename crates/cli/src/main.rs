@@ -35,6 +35,10 @@ enum Command {
     Hydrate(cmd::hydrate::Args),
     /// Inspect or reset a node's write layer.
     Layer(cmd::layer::Args),
+    /// Serve a dir:// store over HTTP (read-only), for http(s):// stores and CDNs.
+    ServeStore(cmd::serve_store::Args),
+    /// Copy an image's chunks to another store, or repair a dispersed store.
+    Store(cmd::store::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Umount(a) => cmd::umount::run(a),
         Command::Hydrate(a) => cmd::hydrate::run(a),
         Command::Layer(a) => cmd::layer::run(a),
+        Command::ServeStore(a) => cmd::serve_store::run(a),
+        Command::Store(a) => cmd::store::run(a),
     }
 }

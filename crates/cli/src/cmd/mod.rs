@@ -6,6 +6,8 @@ pub mod key;
 pub mod layer;
 pub mod mount;
 pub mod pack;
+pub mod serve_store;
+pub mod store;
 pub mod umount;
 pub mod unpack;
 pub mod verify;
