@@ -122,18 +122,21 @@ done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 M_TAR=$(median "${T_TAR[@]}"); M_DIR=$(median "${T_DIR[@]}"); M_ZDB=$(median "${T_ZDB[@]}"); M_ZDB2=$(median "${T_ZDB2[@]}")
 MIB=$(echo "$BYTES / 1048576" | bc -l)
-row() { printf '| %s | %.2f | %.0f | %.2f |\n' "$1" "$2" "$(echo "$MIB / $2" | bc -l)" "$(echo "$2 / $M_TAR" | bc -l)"; }
+# Per-run ratios (each contender against the tar|zstd run just before it) are steadier than a ratio of
+# medians on a noisy machine; both are printed.
+run_ratios() { local -n times=$1; local i; for i in "${!times[@]}"; do echo "${times[$i]} / ${T_TAR[$i]}" | bc -l; done; }
+row() { printf '| %s | %.2f | %.0f | %.2f | %.2f |\n' "$1" "$2" "$(echo "$MIB / $2" | bc -l)" "$(echo "$2 / $M_TAR" | bc -l)" "$3"; }
 
 echo
 echo "tree: $FILES files, $(printf %.0f "$MIB") MiB; $(nproc) cores; $RUNS runs, medians; page cache warm"
 echo "tar|zstd output $(echo "$TAR_OUT / 1048576" | bc) MiB; thinnode stored $(echo "${UP_DIR[0]} / 1048576" | bc) MiB"
 echo
-echo "| contender | seconds | MiB/s | ratio to tar\\|zstd |"
-echo "|---|---|---|---|"
-row 'tar -c \| zstd -1 -T0 (baseline)' "$M_TAR"
-row 'thinnode pack → dir:// store' "$M_DIR"
-row 'thinnode pack → thinnode zdb' "$M_ZDB"
-row 'thinnode pack again → zdb (all chunks present)' "$M_ZDB2"
+echo "| contender | seconds | MiB/s | ratio of medians | median of per-run ratios |"
+echo "|---|---|---|---|---|"
+row 'tar -c \| zstd -1 -T0 (baseline)' "$M_TAR" 1
+row 'thinnode pack → dir:// store' "$M_DIR" "$(median $(run_ratios T_DIR))"
+row 'thinnode pack → thinnode zdb' "$M_ZDB" "$(median $(run_ratios T_ZDB))"
+row 'thinnode pack again → zdb (all chunks present)' "$M_ZDB2" "$(median $(run_ratios T_ZDB2))"
 echo
 echo "raw seconds: tar ${T_TAR[*]} | dir ${T_DIR[*]} | zdb ${T_ZDB[*]} | zdb-again ${T_ZDB2[*]}"
 }
