@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Write layers on a ParityDB (Polkadot's database), each figure against a plain local copy of the same DB
+# measured in the same run:
+#   open   = open + close the DB with no writes (`paritydb-harness extend --blocks 0`)
+#   write  = open, insert FRACTION new keys (0.001 = 0.1%), commit, close (`extend --fraction`)
+#   layer  = bytes allocated in the layer afterwards (`thinnode layer du`), vs the DB size
+# for: plain local copy (baseline; its "layer" is the growth of the copy), and kernel overlayfs (our
+# options) over a `thinnode mount` of the packed DB, cold (chunks fetched from a dir store on local disk).
+#
+#   bash bench/layers.sh [SIZE] [FRACTION]        (defaults: 1G, 0.001)
+#
+# Needs root and /dev/fuse.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIZE=${1:-1G}
+FRACTION=${2:-0.001}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+
+cargo build --quiet --release -p thinnode --bin thinnode
+cargo build --quiet --release -p paritydb-harness
+cargo build --quiet --release -p layer --example overlay
+BIN=$CARGO_TARGET_DIR/release/thinnode
+HARNESS=$CARGO_TARGET_DIR/release/paritydb-harness
+OVERLAY=$CARGO_TARGET_DIR/release/examples/overlay
+
+WORK=$(mktemp -d /var/tmp/thinnode-layers.XXXXXX)
+LOWER=$WORK/lower
+NODE=$WORK/node
+mkdir -p "$LOWER" "$NODE"
+cleanup() {
+  "$OVERLAY" umount "$WORK/layer" "$NODE" >/dev/null 2>&1 || true
+  "$BIN" umount "$LOWER" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+elapsed() { python3 -c "print(f'{$2 - $1:.2f}')"; }
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+allocated() { du -s --block-size=1 "$1" | cut -f1; }
+
+echo "building a $SIZE ParityDB..." >&2
+"$HARNESS" build "$WORK/src" --size "$SIZE" >/dev/null 2>&1
+DB_BYTES=$(allocated "$WORK/src")
+sync
+
+# Baseline: plain local copy.
+cp -a "$WORK/src" "$WORK/plain"
+sync
+echo 3 >/proc/sys/vm/drop_caches
+t0=$(now); "$HARNESS" extend "$WORK/plain" --blocks 0 >/dev/null 2>&1; t1=$(now)
+"$HARNESS" extend "$WORK/plain" --fraction "$FRACTION" >/dev/null 2>&1; t2=$(now)
+"$HARNESS" verify "$WORK/plain" >/dev/null 2>&1
+PLAIN_OPEN=$(elapsed "$t0" "$t1"); PLAIN_WRITE=$(elapsed "$t1" "$t2")
+PLAIN_GROWTH=$(( $(allocated "$WORK/plain") - DB_BYTES ))
+
+# Overlay over a FUSE mount of the packed DB.
+"$BIN" pack "$WORK/src" --store "dir://$WORK/store" --out "$WORK/image" >/dev/null 2>&1
+"$BIN" mount "$WORK/image" "$LOWER" --cache "$WORK/cache" --daemon --log "$WORK/mount.log" >/dev/null
+"$OVERLAY" mount "$WORK/layer" "$LOWER" "$NODE"
+echo 3 >/proc/sys/vm/drop_caches
+t0=$(now); "$HARNESS" extend "$NODE" --blocks 0 >/dev/null 2>&1; t1=$(now)
+OPEN_LAYER=$("$BIN" layer du "$WORK/layer" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["allocated_bytes"])')
+t2=$(now); "$HARNESS" extend "$NODE" --fraction "$FRACTION" >/dev/null 2>&1; t3=$(now)
+"$HARNESS" verify "$NODE" >/dev/null 2>&1
+OV_OPEN=$(elapsed "$t0" "$t1"); OV_WRITE=$(elapsed "$t2" "$t3")
+OV_LAYER=$("$BIN" layer du "$WORK/layer" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["allocated_bytes"])')
+"$OVERLAY" umount "$WORK/layer" "$NODE"
+"$BIN" umount "$LOWER" >/dev/null
+"$BIN" verify "$WORK/image" --deep --store "dir://$WORK/store" >/dev/null
+
+MiB() { python3 -c "print(f'{$1 / 1048576:.1f}')"; }
+echo "ParityDB $SIZE ($(MiB "$DB_BYTES") MiB on disk), insert $FRACTION of the keys; $(nproc) cores"
+echo
+echo "| layer | open s | open vs plain | write s | write vs plain | bytes in layer after open | bytes in layer after writes | layer / DB size |"
+echo "|---|---|---|---|---|---|---|---|"
+echo "| plain local copy (baseline) | $PLAIN_OPEN | 1.00 | $PLAIN_WRITE | 1.00 | 0 | $(MiB "$PLAIN_GROWTH") MiB (growth) | $(ratio "$PLAIN_GROWTH" "$DB_BYTES") |"
+echo "| overlay over cold thinnode mount | $OV_OPEN | $(ratio "$OV_OPEN" "$PLAIN_OPEN") | $OV_WRITE | $(ratio "$OV_WRITE" "$PLAIN_WRITE") | $(MiB "$OPEN_LAYER") MiB | $(MiB "$OV_LAYER") MiB | $(ratio "$OV_LAYER" "$DB_BYTES") |"
+echo
+echo "image verified with verify --deep after the run"
