@@ -69,6 +69,39 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// A write to a router or dispersed store did not reach every member it had to. The message names
+    /// each member that failed and why.
+    #[error("{operation} failed on {} member(s): {}", failures.len(), format_failures(failures))]
+    Members {
+        /// What was being done ("write", "existence check", "read").
+        operation: &'static str,
+        /// Each member store that failed (public URL) with its error.
+        failures: Vec<MemberFailure>,
+    },
+
+    /// A dispersed chunk cannot be read or written: fewer shards than needed were available.
+    #[error("chunk {id}: {available} shard(s) available, {needed} needed{}", if failures.is_empty() { String::new() } else { format!(" (failed: {})", format_failures(failures)) })]
+    NotEnoughShards {
+        /// The chunk id in hex.
+        id: String,
+        /// Shards required (k for reads, k + the write minimum for writes).
+        needed: usize,
+        /// Shards that were actually read or stored.
+        available: usize,
+        /// Members that failed with an error (as opposed to not holding the shard).
+        failures: Vec<MemberFailure>,
+    },
+
+    /// Stored data is inconsistent (a shard with a bad header, or a rebuilt object whose hash differs from
+    /// its id).
+    #[error("chunk {id} is corrupt: {reason}")]
+    Corrupt {
+        /// The chunk id in hex.
+        id: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An object is larger than the backend accepts.
     #[error("object of {size} bytes exceeds the {limit}-byte limit of this store")]
     ObjectTooLarge {
@@ -77,6 +110,23 @@ pub enum StoreError {
         /// The largest size the backend accepts.
         limit: usize,
     },
+}
+
+/// One member store's failure inside a router or dispersed store operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberFailure {
+    /// The member's public URL.
+    pub url: String,
+    /// Its error, as text.
+    pub error: String,
+}
+
+fn format_failures(failures: &[MemberFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("{}: {}", f.url, f.error))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl StoreError {

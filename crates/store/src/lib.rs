@@ -3,21 +3,28 @@
 //! A chunk store maps a [`ChunkId`] (the BLAKE3 hash of the stored, encoded object) to the object's bytes.
 //! Stores know nothing about images: they move opaque, already-encrypted objects. Backends are chosen by
 //! URL (see [`open`]): `dir://PATH` ([`DirStore`]) and `zdb://…` / `zdb+unix://…` ([`ZdbStore`], built on
-//! the 0-db client in [`zdb`]). The URL syntax is documented in docs/stores.md.
+//! the 0-db client in [`zdb`]), and the multi-store kinds built from those: `route:` ([`RouterStore`]: key
+//! ranges and replicas with failover) and `disperse:` ([`DispersedStore`]: Reed–Solomon shards over
+//! several servers). The URL syntax is documented in docs/stores.md.
 
 #![warn(missing_docs)]
 
 mod dir;
+mod dispersed;
 mod error;
+mod health;
 mod location;
+mod router;
 pub mod zdb;
 
 use std::fmt;
 use std::sync::Arc;
 
 pub use dir::DirStore;
-pub use error::StoreError;
+pub use dispersed::{DispersedStore, RepairReport, ShardHeader, DISPERSE_PREFIX, SHARD_HEADER_LEN};
+pub use error::{MemberFailure, StoreError};
 pub use location::{redact_url, StoreLocation};
+pub use router::{RouterStore, ROUTE_PREFIX};
 pub use zdb::ZdbStore;
 
 /// The id of a stored chunk object: BLAKE3 of the stored (encoded) bytes.
@@ -102,10 +109,35 @@ pub trait ChunkStore: Send + Sync {
     fn public_url(&self) -> String;
 }
 
-/// Opens the store a URL names: `dir://PATH` or `zdb://[user:pass@]host[:port][/namespace]` or
+/// Opens a `route:` or `disperse:` store (members always open lazily); `None` for other URLs.
+fn open_composite(url: &str) -> Result<Option<Arc<dyn ChunkStore>>, StoreError> {
+    if url.starts_with(ROUTE_PREFIX) {
+        Ok(Some(Arc::new(RouterStore::open(url)?)))
+    } else if url.starts_with(DISPERSE_PREFIX) {
+        Ok(Some(Arc::new(DispersedStore::open(url)?)))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Opens one member of a router or dispersed store: a single-backend URL, opened lazily.
+pub(crate) fn open_member(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> {
+    if url.starts_with(ROUTE_PREFIX) || url.starts_with(DISPERSE_PREFIX) {
+        return Err(StoreError::InvalidUrl {
+            url: redact_url(url),
+            reason: "members of route: and disperse: stores must be dir:// or zdb:// stores".into(),
+        });
+    }
+    open_lazy(url)
+}
+
+/// Opens the store a URL names (`route:…` and `disperse:…` are described in docs/stores.md): `dir://PATH` or `zdb://[user:pass@]host[:port][/namespace]` or
 /// `zdb+unix:///socket/path?ns=NAME&password=PWD`. A `dir://` store's directory is created if missing; a
 /// `zdb` store dials one connection, so a wrong address or password fails here.
 pub fn open(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> {
+    if let Some(store) = open_composite(url)? {
+        return Ok(store);
+    }
     match StoreLocation::parse(url)? {
         StoreLocation::Dir(path) => Ok(Arc::new(DirStore::open(path)?)),
         StoreLocation::Zdb(config) => Ok(Arc::new(ZdbStore::connect(config)?)),
@@ -115,6 +147,9 @@ pub fn open(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> {
 /// Like [`open`], but a `zdb` store does not dial until first used, so opening succeeds while the server
 /// is down (each call then fails, or succeeds once the server is back). The URL is still fully checked.
 pub fn open_lazy(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> {
+    if let Some(store) = open_composite(url)? {
+        return Ok(store);
+    }
     match StoreLocation::parse(url)? {
         StoreLocation::Dir(path) => Ok(Arc::new(DirStore::open(path)?)),
         StoreLocation::Zdb(config) => Ok(Arc::new(ZdbStore::new(config))),
