@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod blocks;
 pub mod overlay;
 pub mod posix_suite;
 mod usage;

@@ -1,0 +1,512 @@
+//! Persistent per-file state of the `blocks` layer, independent of FUSE: a base file that a node writes is
+//! not copied up whole; the layer keeps a sparse local file of the same size plus a block map (a bitmap of
+//! the blocks present locally). Reads merge local blocks over the base bytes.
+//!
+//! Durability: [`BlockFile::sync`] makes the local data durable first and only then writes the map
+//! (temporary file, fsync, rename, fsync of the directory), so after a crash the map never marks a block
+//! local whose data did not reach the disk.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::{io_err, Error, Result};
+
+/// Default block size of the blocks layer (64 KiB).
+pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
+
+const MAP_MAGIC: &[u8; 8] = b"TNBMAP\0\x01";
+const MAP_HEADER_LEN: usize = 8 + 4 + 8 + 8;
+
+/// Read access to the read-only base (the image). The FUSE filesystem plugs the image read engine in.
+pub trait BaseReader: Send + Sync {
+    /// Size of the base file at `path` (relative to the base root).
+    fn size(&self, path: &Path) -> io::Result<u64>;
+    /// Reads up to `buf.len()` bytes at `offset`; returns the bytes read (0 at end of file).
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// A [`BaseReader`] over a plain directory (tests, and local unpacked images).
+#[derive(Debug, Clone)]
+pub struct DirBase {
+    root: PathBuf,
+}
+
+impl DirBase {
+    /// A base rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> DirBase {
+        DirBase { root: root.into() }
+    }
+}
+
+impl BaseReader for DirBase {
+    fn size(&self, path: &Path) -> io::Result<u64> {
+        Ok(fs::metadata(self.root.join(path))?.len())
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        File::open(self.root.join(path))?.read_at(buf, offset)
+    }
+}
+
+/// The persistent map of one file: which blocks are local, the file size, and how much of the base is
+/// still visible (a truncate below the base size hides the rest of the base for good).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BlockMap {
+    block_size: u32,
+    size: u64,
+    base_limit: u64,
+    bits: Vec<u8>,
+}
+
+impl BlockMap {
+    fn is_local(&self, block: u64) -> bool {
+        let (byte, bit) = ((block / 8) as usize, block % 8);
+        self.bits.get(byte).is_some_and(|b| b & (1 << bit) != 0)
+    }
+
+    fn set_local(&mut self, block: u64, local: bool) {
+        let (byte, bit) = ((block / 8) as usize, block % 8);
+        if self.bits.len() <= byte {
+            self.bits.resize(byte + 1, 0);
+        }
+        if let Some(b) = self.bits.get_mut(byte) {
+            if local {
+                *b |= 1 << bit;
+            } else {
+                *b &= !(1 << bit);
+            }
+        }
+    }
+
+    fn local_blocks(&self) -> u64 {
+        self.bits.iter().map(|b| u64::from(b.count_ones())).sum()
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAP_HEADER_LEN + self.bits.len() + 4);
+        out.extend_from_slice(MAP_MAGIC);
+        out.extend_from_slice(&self.block_size.to_le_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.base_limit.to_le_bytes());
+        out.extend_from_slice(&self.bits);
+        out.extend_from_slice(&crc32c::crc32c(&out).to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> std::result::Result<BlockMap, String> {
+        let body_len = bytes
+            .len()
+            .checked_sub(4)
+            .filter(|n| *n >= MAP_HEADER_LEN)
+            .ok_or("map file too short")?;
+        let (body, crc) = bytes.split_at(body_len);
+        let crc = u32::from_le_bytes(crc.try_into().map_err(|_| "bad checksum field")?);
+        if crc32c::crc32c(body) != crc {
+            return Err("checksum mismatch".into());
+        }
+        let (magic, rest) = body.split_at(8);
+        if magic != MAP_MAGIC {
+            return Err("not a block map (bad magic)".into());
+        }
+        let u32_at = |r: &[u8], at: usize| -> std::result::Result<u32, String> {
+            r.get(at..at + 4)
+                .and_then(|s| s.try_into().ok())
+                .map(u32::from_le_bytes)
+                .ok_or_else(|| "truncated header".to_string())
+        };
+        let u64_at = |r: &[u8], at: usize| -> std::result::Result<u64, String> {
+            r.get(at..at + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| "truncated header".to_string())
+        };
+        let block_size = u32_at(rest, 0)?;
+        if block_size == 0 {
+            return Err("block size 0".into());
+        }
+        Ok(BlockMap {
+            block_size,
+            size: u64_at(rest, 4)?,
+            base_limit: u64_at(rest, 12)?,
+            bits: rest.get(20..).unwrap_or_default().to_vec(),
+        })
+    }
+}
+
+/// One base file opened for writing in a blocks layer: local data file + block map + the base.
+pub struct BlockFile<B: BaseReader> {
+    base: B,
+    base_path: PathBuf,
+    data: File,
+    data_path: PathBuf,
+    map_path: PathBuf,
+    map: BlockMap,
+}
+
+impl<B: BaseReader> BlockFile<B> {
+    /// Opens the layer state of base file `base_path`: local data in `data_path`, map in `map_path`.
+    /// Both are created (an empty layer over the base file) if the map does not exist yet.
+    pub fn open(
+        base: B,
+        base_path: &Path,
+        data_path: &Path,
+        map_path: &Path,
+        block_size: u32,
+    ) -> Result<BlockFile<B>> {
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(data_path)
+            .map_err(io_err("open layer data", data_path))?;
+        let map = match fs::read(map_path) {
+            Ok(bytes) => BlockMap::decode(&bytes).map_err(|reason| Error::BadMetadata {
+                path: map_path.to_path_buf(),
+                reason,
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if block_size == 0 {
+                    return Err(Error::BadMetadata {
+                        path: map_path.to_path_buf(),
+                        reason: "block size 0".into(),
+                    });
+                }
+                let size = base
+                    .size(base_path)
+                    .map_err(io_err("stat base", base_path))?;
+                BlockMap {
+                    block_size,
+                    size,
+                    base_limit: size,
+                    bits: Vec::new(),
+                }
+            }
+            Err(e) => return Err(io_err("read block map", map_path)(e)),
+        };
+        data.set_len(map.size)
+            .map_err(io_err("size layer data", data_path))?;
+        Ok(BlockFile {
+            base,
+            base_path: base_path.to_path_buf(),
+            data,
+            data_path: data_path.to_path_buf(),
+            map_path: map_path.to_path_buf(),
+            map,
+        })
+    }
+
+    /// Current file size.
+    pub fn size(&self) -> u64 {
+        self.map.size
+    }
+
+    /// Block size of this file's map.
+    pub fn block_size(&self) -> u32 {
+        self.map.block_size
+    }
+
+    /// Number of blocks held locally.
+    pub fn local_blocks(&self) -> u64 {
+        self.map.local_blocks()
+    }
+
+    fn bs(&self) -> u64 {
+        u64::from(self.map.block_size)
+    }
+
+    /// Reads the merged bytes (local blocks over the base, zeros past the visible base) into `buf`;
+    /// returns the bytes read (short at end of file).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let end = offset.saturating_add(buf.len() as u64).min(self.map.size);
+        if offset >= end {
+            return Ok(0);
+        }
+        let total = (end - offset) as usize;
+        let mut done = 0usize;
+        while done < total {
+            let pos = offset + done as u64;
+            let block = pos / self.bs();
+            let in_block = ((block + 1) * self.bs() - pos) as usize;
+            let n = in_block.min(total - done);
+            let out = &mut buf[done..done + n];
+            if self.map.is_local(block) {
+                read_full(&self.data, pos, out)
+                    .map_err(io_err("read layer data", &self.data_path))?;
+            } else {
+                self.read_base(pos, out)?;
+            }
+            done += n;
+        }
+        Ok(total)
+    }
+
+    /// Base bytes at `pos`, zeros beyond the visible base.
+    fn read_base(&self, pos: u64, out: &mut [u8]) -> Result<()> {
+        out.fill(0);
+        let visible = self
+            .map
+            .base_limit
+            .saturating_sub(pos)
+            .min(out.len() as u64) as usize;
+        let mut done = 0;
+        while done < visible {
+            let n = self
+                .base
+                .read_at(&self.base_path, pos + done as u64, &mut out[done..visible])
+                .map_err(io_err("read base", &self.base_path))?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, extending the file if needed. A block touched only partly is first
+    /// filled from the base (read-modify-write), so a local block always holds the whole block.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let end = offset.saturating_add(data.len() as u64);
+        if end > self.map.size {
+            self.data
+                .set_len(end)
+                .map_err(io_err("extend layer data", &self.data_path))?;
+        }
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let block = pos / self.bs();
+            let block_start = block * self.bs();
+            let n = (((block + 1) * self.bs() - pos) as usize).min(data.len() - done);
+            let whole = pos == block_start && n as u64 == self.bs();
+            if !self.map.is_local(block) && !whole {
+                let fill_len = self.bs().min(self.map.size.saturating_sub(block_start)) as usize;
+                let mut fill = vec![0u8; fill_len];
+                self.read_base(block_start, &mut fill)?;
+                self.data
+                    .write_all_at(&fill, block_start)
+                    .map_err(io_err("fill layer block", &self.data_path))?;
+            }
+            self.data
+                .write_all_at(&data[done..done + n], pos)
+                .map_err(io_err("write layer data", &self.data_path))?;
+            self.map.set_local(block, true);
+            done += n;
+        }
+        self.map.size = self.map.size.max(end);
+        Ok(())
+    }
+
+    /// Sets the file size. Shrinking hides the base beyond the new size for good (a later extend reads
+    /// zeros there) and drops the local blocks past it.
+    pub fn truncate(&mut self, new_size: u64) -> Result<()> {
+        if new_size < self.map.size {
+            self.map.base_limit = self.map.base_limit.min(new_size);
+            let first_gone = new_size.div_ceil(self.bs());
+            let last = self.map.size.div_ceil(self.bs());
+            for block in first_gone..last {
+                self.map.set_local(block, false);
+            }
+        }
+        self.data
+            .set_len(new_size)
+            .map_err(io_err("truncate layer data", &self.data_path))?;
+        self.map.size = new_size;
+        Ok(())
+    }
+
+    /// Makes every write so far durable: data first, then the map.
+    pub fn sync(&mut self) -> Result<()> {
+        self.data
+            .sync_data()
+            .map_err(io_err("fdatasync layer data", &self.data_path))?;
+        let tmp = self.map_path.with_extension("tmp");
+        let file = File::create(&tmp).map_err(io_err("create block map", &tmp))?;
+        file.write_all_at(&self.map.encode(), 0)
+            .map_err(io_err("write block map", &tmp))?;
+        file.sync_all().map_err(io_err("fsync block map", &tmp))?;
+        fs::rename(&tmp, &self.map_path).map_err(io_err("rename block map", &tmp))?;
+        if let Some(dir) = self.map_path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("fsync", dir))?;
+        }
+        Ok(())
+    }
+}
+
+fn read_full(file: &File, mut pos: u64, mut out: &mut [u8]) -> io::Result<()> {
+    while !out.is_empty() {
+        let n = file.read_at(out, pos)?;
+        if n == 0 {
+            out.fill(0);
+            break;
+        }
+        out = &mut out[n..];
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::posix_suite::pattern;
+
+    const BS: u32 = 4096;
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        base: PathBuf,
+        data: PathBuf,
+        map: PathBuf,
+    }
+
+    fn setup(base_len: usize) -> (Setup, Vec<u8>) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = tmp.path().join("base");
+        fs::create_dir_all(&base).expect("mkdir");
+        let content = pattern(9, base_len);
+        fs::write(base.join("f"), &content).expect("write base");
+        let s = Setup {
+            data: tmp.path().join("f.data"),
+            map: tmp.path().join("f.map"),
+            base,
+            _tmp: tmp,
+        };
+        (s, content)
+    }
+
+    fn open(s: &Setup) -> BlockFile<DirBase> {
+        BlockFile::open(DirBase::new(&s.base), Path::new("f"), &s.data, &s.map, BS).expect("open")
+    }
+
+    fn read_all(f: &BlockFile<DirBase>) -> Vec<u8> {
+        let mut buf = vec![0u8; f.size() as usize];
+        let n = f.read_at(0, &mut buf).expect("read");
+        buf.truncate(n);
+        buf
+    }
+
+    /// Small deterministic generator for the model test.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n.max(1)
+        }
+    }
+
+    #[test]
+    fn random_writes_truncates_and_extends_match_a_model() {
+        let (s, base) = setup(40_000);
+        let mut model = base.clone();
+        let mut f = open(&s);
+        let mut rng = Rng(0x1234_5678);
+        for step in 0..400 {
+            match rng.below(10) {
+                0 => {
+                    let len = rng.below(60_000) as usize;
+                    f.truncate(len as u64).expect("truncate");
+                    model.resize(len, 0);
+                }
+                1 => {
+                    f.sync().expect("sync");
+                    f = open(&s);
+                }
+                _ => {
+                    let off = rng.below(70_000) as usize;
+                    let len = rng.below(3 * u64::from(BS)) as usize + 1;
+                    let data = pattern(step, len);
+                    f.write_at(off as u64, &data).expect("write");
+                    if model.len() < off + len {
+                        model.resize(off + len, 0);
+                    }
+                    model[off..off + len].copy_from_slice(&data);
+                }
+            }
+            assert_eq!(f.size(), model.len() as u64, "step {step}");
+            assert!(read_all(&f) == model, "content differs at step {step}");
+        }
+    }
+
+    #[test]
+    fn truncate_inside_a_block_then_extend_reads_zeros() {
+        let (s, base) = setup(5 * BS as usize);
+        let mut f = open(&s);
+        f.truncate(u64::from(BS) + 10).expect("shrink");
+        f.truncate(4 * u64::from(BS)).expect("extend");
+        let mut want = base[..BS as usize + 10].to_vec();
+        want.resize(4 * BS as usize, 0);
+        assert!(read_all(&f) == want);
+        assert_eq!(f.local_blocks(), 0);
+    }
+
+    #[test]
+    fn only_written_blocks_are_local() {
+        let (s, _) = setup(1 << 20);
+        let mut f = open(&s);
+        f.write_at(100, b"x").expect("write");
+        f.write_at(10 * u64::from(BS), &vec![1u8; BS as usize])
+            .expect("write");
+        f.sync().expect("sync");
+        assert_eq!(f.local_blocks(), 2);
+        let allocated = {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(&s.data).expect("stat").blocks() * 512
+        };
+        assert!(
+            allocated <= 4 * u64::from(BS),
+            "{allocated} bytes allocated"
+        );
+    }
+
+    #[test]
+    fn unsynced_writes_never_become_local_after_a_crash() {
+        let (s, base) = setup(8 * BS as usize);
+        let mut f = open(&s);
+        f.write_at(10, b"synced").expect("write");
+        f.sync().expect("sync");
+        let mut synced = base.clone();
+        synced[10..16].copy_from_slice(b"synced");
+        // Writes to other blocks, not synced: the data file holds them, the persisted map does not.
+        f.write_at(3 * u64::from(BS) + 5, b"lost").expect("write");
+        f.write_at(6 * u64::from(BS), &vec![7u8; BS as usize])
+            .expect("write");
+        drop(f);
+        let f = open(&s);
+        assert!(
+            read_all(&f) == synced,
+            "unsynced blocks exposed after reopen"
+        );
+        assert_eq!(f.local_blocks(), 1);
+    }
+
+    #[test]
+    fn corrupt_maps_are_rejected() {
+        let (s, _) = setup(10_000);
+        let mut f = open(&s);
+        f.write_at(0, b"abc").expect("write");
+        f.sync().expect("sync");
+        drop(f);
+        let mut bytes = fs::read(&s.map).expect("read map");
+        for cut in [0, 3, MAP_HEADER_LEN, bytes.len() - 1] {
+            fs::write(&s.map, &bytes[..cut]).expect("write");
+            assert!(
+                BlockFile::open(DirBase::new(&s.base), Path::new("f"), &s.data, &s.map, BS)
+                    .is_err()
+            );
+        }
+        let last = bytes.len() - 5;
+        bytes[last] ^= 1;
+        fs::write(&s.map, &bytes).expect("write");
+        assert!(matches!(
+            BlockFile::open(DirBase::new(&s.base), Path::new("f"), &s.data, &s.map, BS),
+            Err(Error::BadMetadata { .. })
+        ));
+    }
+}
