@@ -233,3 +233,37 @@ fn overlay_copy_up_of_a_base_file_is_whole_file() {
     layer.unmount(&node).expect("unmount");
     base.stop();
 }
+
+#[test]
+fn layer_commands_explain_what_they_cannot_do() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let plain = thinnode(&["layer", "du", path_str(tmp.path())]);
+    assert!(!plain.status.success());
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        stderr.contains("is not a thinnode layer directory"),
+        "{stderr}"
+    );
+
+    let blocks = tmp.path().join("blocks");
+    fs::create_dir_all(&blocks).expect("mkdir");
+    fs::write(
+        blocks.join("layer.json"),
+        r#"{"version": 1, "kind": "blocks"}"#,
+    )
+    .expect("write");
+    for cmd in ["du", "reset"] {
+        let out = thinnode(&["layer", cmd, path_str(&blocks)]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("blocks layers are not supported"),
+            "{cmd}: {stderr}"
+        );
+    }
+
+    fs::write(blocks.join("layer.json"), "{not json").expect("write");
+    let out = thinnode(&["layer", "reset", path_str(&blocks)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is invalid"));
+}
