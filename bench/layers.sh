@@ -4,6 +4,8 @@
 #   open   = open + close the DB with no writes (`paritydb-harness extend --blocks 0`)
 #   write  = open, insert FRACTION new keys (0.001 = 0.1%), commit, close (`extend --fraction`)
 #   layer  = bytes allocated in the layer afterwards (`thinnode layer du`), vs the DB size
+#   blocks estimate = bytes of the DB that changed (or are new) after the writes, counted in whole blocks
+#            of 4 KiB .. 1 MiB: what a blocks layer of that block size would hold (block size choice)
 # for: plain local copy (baseline; its "layer" is the growth of the copy), and kernel overlayfs (our
 # options) over a `thinnode mount` of the packed DB, cold (chunks fetched from a dir store on local disk).
 #
@@ -55,6 +57,28 @@ t0=$(now); "$HARNESS" extend "$WORK/plain" --blocks 0 >/dev/null 2>&1; t1=$(now)
 PLAIN_OPEN=$(elapsed "$t0" "$t1"); PLAIN_WRITE=$(elapsed "$t1" "$t2")
 PLAIN_GROWTH=$(( $(allocated "$WORK/plain") - DB_BYTES ))
 
+# Block size for the blocks layer: bytes of the DB that differ after the writes (or are new), rounded up
+# to whole blocks of each size; what a blocks layer with that block size would have to hold.
+BLOCK_TABLE=$(python3 - "$WORK/src" "$WORK/plain" "$DB_BYTES" <<'PY'
+import os, sys
+src, new, db = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sizes = [4096, 16384, 65536, 262144, 1048576]
+changed = {b: 0 for b in sizes}
+for root, _, files in os.walk(new):
+    for name in files:
+        p = os.path.join(root, name)
+        q = os.path.join(src, os.path.relpath(p, new))
+        a = open(p, "rb").read()
+        b = open(q, "rb").read() if os.path.exists(q) else b""
+        for bs in sizes:
+            for off in range(0, len(a), bs):
+                if a[off:off + bs] != b[off:off + bs]:
+                    changed[bs] += min(bs, len(a) - off)
+for bs in sizes:
+    print(f"| {bs // 1024} KiB | {changed[bs] / 1048576:.2f} MiB | {changed[bs] / db:.4f} |")
+PY
+)
+
 # Overlay over a FUSE mount of the packed DB.
 "$BIN" pack "$WORK/src" --store "dir://$WORK/store" --out "$WORK/image" >/dev/null 2>&1
 "$BIN" mount "$WORK/image" "$LOWER" --cache "$WORK/cache" --daemon --log "$WORK/mount.log" >/dev/null
@@ -79,3 +103,9 @@ echo "| plain local copy (baseline) | $PLAIN_OPEN | 1.00 | $PLAIN_WRITE | 1.00 |
 echo "| overlay over cold thinnode mount | $OV_OPEN | $(ratio "$OV_OPEN" "$PLAIN_OPEN") | $OV_WRITE | $(ratio "$OV_WRITE" "$PLAIN_WRITE") | $(MiB "$OPEN_LAYER") MiB | $(MiB "$OV_LAYER") MiB | $(ratio "$OV_LAYER" "$DB_BYTES") |"
 echo
 echo "image verified with verify --deep after the run"
+echo
+echo "blocks layer estimate (bytes changed or new after the writes on the plain copy, in whole blocks):"
+echo
+echo "| block size | bytes a blocks layer would hold | / DB size |"
+echo "|---|---|---|"
+echo "$BLOCK_TABLE"

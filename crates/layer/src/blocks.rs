@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 
 use crate::{io_err, Error, Result};
 
-/// Default block size of the blocks layer (64 KiB).
-pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
+/// Default block size of the blocks layer: 4 KiB. Measured on a 1 GB ParityDB after inserting 0.1% new
+/// keys (bench/layers.sh), the bytes a layer must hold are 0.87% of the DB at 4 KiB, 2.3% at 16 KiB,
+/// 4.3% at 64 KiB and 17% at 1 MiB: ParityDB scatters small writes over its index and value tables.
+pub const DEFAULT_BLOCK_SIZE: u32 = 4 * 1024;
 
 const MAP_MAGIC: &[u8; 8] = b"TNBMAP\0\x01";
 const MAP_HEADER_LEN: usize = 8 + 4 + 8 + 8;
