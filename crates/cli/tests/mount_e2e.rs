@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -364,6 +365,16 @@ fn mount_from_zdb_matches_source_tree_and_random_reads() {
     let sparse = fs::read(mnt.join("sparse.bin")).expect("read sparse");
     assert_eq!(&sparse[..4], b"head");
     assert!(sparse[4..(6 * CHUNK + 10) as usize].iter().all(|&b| b == 0));
+    // SEEK_DATA / SEEK_HOLE see the hole (chunk granularity): data in chunk 0, hole from chunk 1,
+    // data again in chunk 6, the implicit hole at the end.
+    let sf = File::open(mnt.join("sparse.bin")).expect("open sparse");
+    let seek = |off: u64, whence: i32| unsafe { libc::lseek(sf.as_raw_fd(), off as i64, whence) };
+    assert_eq!(seek(0, libc::SEEK_DATA), 0);
+    assert_eq!(seek(0, libc::SEEK_HOLE), CHUNK as i64);
+    assert_eq!(seek(CHUNK, libc::SEEK_DATA), (6 * CHUNK) as i64);
+    assert_eq!(seek(6 * CHUNK, libc::SEEK_HOLE), (6 * CHUNK + 14) as i64);
+    assert_eq!(seek(6 * CHUNK + 14, libc::SEEK_DATA), -1);
+    drop(sf);
 
     // Writes are refused.
     let err = fs::OpenOptions::new()

@@ -554,6 +554,40 @@ impl ImageManifest {
         }
     }
 
+    /// `lseek(SEEK_DATA)` semantics for file `ino`: the first offset at or after `offset` that lies in
+    /// a stored chunk (`offset` itself when it does), or `None` when only holes follow (ENXIO). Holes are
+    /// known at chunk granularity, so "data" may contain zeros, as POSIX allows.
+    pub fn seek_data(&self, ino: Ino, offset: u64) -> Result<Option<u64>, ImageError> {
+        let (r, count) = self.file_range(ino)?;
+        if offset >= r.size {
+            return Ok(None);
+        }
+        let cs = u64::from(self.chunk_size);
+        for index in offset / cs..count {
+            if self.slot_at(r.data_start, index)?.is_some() {
+                return Ok(Some(offset.max(index * cs)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `lseek(SEEK_HOLE)` semantics for file `ino`: the first offset at or after `offset` inside a
+    /// hole, or the file size (the implicit hole at the end); `None` when `offset` is past the end
+    /// (ENXIO).
+    pub fn seek_hole(&self, ino: Ino, offset: u64) -> Result<Option<u64>, ImageError> {
+        let (r, count) = self.file_range(ino)?;
+        if offset >= r.size {
+            return Ok(None);
+        }
+        let cs = u64::from(self.chunk_size);
+        for index in offset / cs..count {
+            if self.slot_at(r.data_start, index)?.is_none() {
+                return Ok(Some(offset.max(index * cs)));
+            }
+        }
+        Ok(Some(r.size))
+    }
+
     /// All chunk slots of file `ino` as unique-table indices (`None` = hole).
     pub fn file_chunk_slots(&self, ino: Ino) -> Result<Vec<Option<u32>>, ImageError> {
         let (r, count) = self.file_range(ino)?;
@@ -769,6 +803,38 @@ mod tests {
         )
         .unwrap();
         (b, enc.chunk_ref)
+    }
+
+    #[test]
+    fn seek_data_and_seek_hole_follow_the_chunk_holes() {
+        let cs = 64 * 1024u32;
+        let c = u64::from(cs);
+        let mut b = ManifestBuilder::new(cs, attrs(FileKind::Directory, 0o755, 0)).unwrap();
+        // [hole, data, hole, data (100 bytes)], and a file that is all hole.
+        let f = b.add_inode(attrs(FileKind::Regular, 0o644, 3 * c + 100));
+        let empty = b.add_inode(attrs(FileKind::Regular, 0o644, 2 * c));
+        b.add_entry(ROOT_INO, b"f", f).unwrap();
+        b.add_entry(ROOT_INO, b"sparse", empty).unwrap();
+        let enc = encode_chunk(&vec![1u8; cs as usize], 1).unwrap();
+        let i = b.add_chunk(enc.chunk_ref);
+        b.set_file_chunks(f, &[None, Some(i), None, Some(i)])
+            .unwrap();
+        b.set_file_chunks(empty, &[None, None]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.img");
+        b.write(&path, None).unwrap();
+        let m = ImageManifest::open(&path).unwrap();
+        assert_eq!(m.seek_data(f, 0).unwrap(), Some(c));
+        assert_eq!(m.seek_data(f, c + 5).unwrap(), Some(c + 5));
+        assert_eq!(m.seek_data(f, 2 * c).unwrap(), Some(3 * c));
+        assert_eq!(m.seek_data(f, 3 * c + 100).unwrap(), None);
+        assert_eq!(m.seek_hole(f, 0).unwrap(), Some(0));
+        assert_eq!(m.seek_hole(f, c).unwrap(), Some(2 * c));
+        assert_eq!(m.seek_hole(f, 3 * c).unwrap(), Some(3 * c + 100));
+        assert_eq!(m.seek_hole(f, 4 * c).unwrap(), None);
+        assert_eq!(m.seek_data(empty, 0).unwrap(), None);
+        assert_eq!(m.seek_hole(empty, 10).unwrap(), Some(10));
+        assert!(m.seek_data(ROOT_INO, 0).is_err());
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 use image::{FileKind, ImageError, Ino, Inode};
 
@@ -429,6 +430,36 @@ impl Filesystem for ImageFs {
             }
         }
         reply.ok();
+    }
+
+    /// SEEK_DATA / SEEK_HOLE from the image's recorded holes (the kernel answers the other `whence`
+    /// values itself), so `cp --sparse`, tar and overlayfs copy-up keep sparse files sparse.
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        let m = self.reader.manifest();
+        let found = match whence {
+            libc::SEEK_DATA => m.seek_data(ino.0, offset),
+            libc::SEEK_HOLE => m.seek_hole(ino.0, offset),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match found {
+            Ok(Some(pos)) => match i64::try_from(pos) {
+                Ok(pos) => reply.offset(pos),
+                Err(_) => reply.error(Errno::EOVERFLOW),
+            },
+            Ok(None) => reply.error(Errno::ENXIO),
+            Err(e) => reply.error(image_errno(&e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
