@@ -102,6 +102,13 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// The store only serves reads (`http(s)://`).
+    #[error("{url} is a read-only store")]
+    ReadOnly {
+        /// The store's public URL.
+        url: String,
+    },
+
     /// An object is larger than the backend accepts.
     #[error("object of {size} bytes exceeds the {limit}-byte limit of this store")]
     ObjectTooLarge {

@@ -5,7 +5,7 @@
 //! URL (see [`open`]): `dir://PATH` ([`DirStore`]) and `zdb://…` / `zdb+unix://…` ([`ZdbStore`], built on
 //! the 0-db client in [`zdb`]), and the multi-store kinds built from those: `route:` ([`RouterStore`]: key
 //! ranges and replicas with failover) and `disperse:` ([`DispersedStore`]: Reed–Solomon shards over
-//! several servers). The URL syntax is documented in docs/stores.md.
+//! several servers), plus the read-only `http(s)://` store ([`HttpStore`]). The URL syntax is documented in docs/stores.md.
 
 #![warn(missing_docs)]
 
@@ -13,6 +13,7 @@ mod dir;
 mod dispersed;
 mod error;
 mod health;
+mod http;
 mod location;
 mod router;
 pub mod zdb;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 pub use dir::DirStore;
 pub use dispersed::{DispersedStore, RepairReport, ShardHeader, DISPERSE_PREFIX, SHARD_HEADER_LEN};
 pub use error::{MemberFailure, StoreError};
+pub use http::HttpStore;
 pub use location::{redact_url, StoreLocation};
 pub use router::{RouterStore, ROUTE_PREFIX};
 pub use zdb::ZdbStore;
@@ -109,12 +111,15 @@ pub trait ChunkStore: Send + Sync {
     fn public_url(&self) -> String;
 }
 
-/// Opens a `route:` or `disperse:` store (members always open lazily); `None` for other URLs.
+/// Opens a `route:`, `disperse:` (members always open lazily) or `http(s)://` store (no request until
+/// first use); `None` for other URLs.
 fn open_composite(url: &str) -> Result<Option<Arc<dyn ChunkStore>>, StoreError> {
     if url.starts_with(ROUTE_PREFIX) {
         Ok(Some(Arc::new(RouterStore::open(url)?)))
     } else if url.starts_with(DISPERSE_PREFIX) {
         Ok(Some(Arc::new(DispersedStore::open(url)?)))
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(Some(Arc::new(HttpStore::open(url)?)))
     } else {
         Ok(None)
     }
