@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Read throughput of one image from every store kind, as ratios to the raw fetch rate of a single zdb store
+# measured in the same run:
+#   zdb (one `thinnode zdb`), dir://, http:// (`thinnode serve-store` over the dir store),
+#   route: with 2 full replicas (two zdb servers), disperse:4+2 (six zdb servers).
+# Each reader is `raw_fetch IMAGE data.bin URL 4 8 decode` (crates/mount/examples): 4 threads, 8 chunks per
+# request, every object verified and decrypted — the work any cold reader of the image does. The baseline
+# is the same fetch from the single zdb store without decoding.
+#
+#   bash bench/stores.sh [SIZE_MIB] [RUNS]        (defaults: 1024 MiB, 3 rounds; medians are printed)
+#
+# Notes: all servers run on this machine over loopback, so "cold" means nothing is cached by thinnode;
+# the servers' files are in the page cache (this shared machine must not drop caches).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIZE_MIB=${1:-1024}
+RUNS=${2:-3}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+cargo build --quiet --release -p thinnode -p mount --example raw_fetch
+BIN=$CARGO_TARGET_DIR/release/thinnode
+RAW=$CARGO_TARGET_DIR/release/examples/raw_fetch
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2
+  exit 1
+}
+ZDB_PORTS=()
+start_zdb() {
+  local port dir
+  port=$(free_port)
+  dir=$WORK/zdb$port
+  "$BIN" zdb --data "$dir/data" --index "$dir/index" --listen 127.0.0.1 --port "$port" >"$dir.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$port"
+  ZDB_PORTS+=("$port")
+}
+for _ in $(seq 9); do start_zdb; done
+Z() { echo "zdb://127.0.0.1:${ZDB_PORTS[$1]}/default"; }
+
+HTTP_PORT=$(free_port)
+mkdir -p "$WORK/dir"
+"$BIN" serve-store "$WORK/dir" --listen "127.0.0.1:$HTTP_PORT" >"$WORK/http.log" 2>&1 &
+PIDS+=($!)
+wait_port "$HTTP_PORT"
+
+mkdir -p "$WORK/src"
+head -c "$((SIZE_MIB * 1048576))" /dev/urandom >"$WORK/src/data.bin"
+
+declare -A URL
+URL[zdb]=$(Z 0)
+URL[dir]="dir://$WORK/dir"
+URL[route2]="route: $(Z 1) $(Z 2)"
+URL[disperse42]="disperse:4+2 $(Z 3) $(Z 4) $(Z 5) $(Z 6) $(Z 7) $(Z 8)"
+for kind in zdb dir route2 disperse42; do
+  "$BIN" pack "$WORK/src" --store "${URL[$kind]}" --out "$WORK/$kind.tni" >/dev/null 2>&1
+done
+URL[http]="http://127.0.0.1:$HTTP_PORT/"
+cp "$WORK/dir.tni" "$WORK/http.tni"
+
+# MB/s of stored bytes for: raw_fetch IMAGE data.bin URL 4 8 [decode]
+rate() {
+  local out
+  out=$("$RAW" "$1" data.bin "$2" 4 8 ${3:-})
+  awk '{ printf "%d\n", $1 / $2 / 1e6 }' <<<"$out"
+}
+
+KINDS=(zdb dir http route2 disperse42)
+RESULTS=$WORK/results
+: >"$RESULTS"
+for round in $(seq "$RUNS"); do
+  base=$(rate "$WORK/zdb.tni" "${URL[zdb]}")
+  printf 'baseline\t%s\t%s\n' "$round" "$base" >>"$RESULTS"
+  for i in $(shuf -i 0-$((${#KINDS[@]} - 1))); do
+    kind=${KINDS[$i]}
+    r=$(rate "$WORK/$kind.tni" "${URL[$kind]}" decode)
+    printf '%s\t%s\t%s\n' "$kind" "$round" "$r" >>"$RESULTS"
+  done
+done
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+base_median=$(awk -F'\t' '$1 == "baseline" { print $3 }' "$RESULTS" | median)
+echo "image: ${SIZE_MIB} MiB of random data (1 MiB chunks), ${RUNS} rounds; readers: 4 threads, 8 chunks/request, verify+decrypt"
+echo
+echo "| store | MB/s (median) | ratio to raw zdb fetch (median of per-round ratios) |"
+echo "|---|---|---|"
+echo "| raw zdb fetch, no decode (baseline) | $base_median | 1.00 |"
+declare -A LABEL=(
+  [zdb]="zdb:// (one server)"
+  [dir]="dir://"
+  [http]="http:// (thinnode serve-store over the dir store)"
+  [route2]="route: 2 full replicas (two zdb servers)"
+  [disperse42]="disperse:4+2 (six zdb servers)"
+)
+for kind in "${KINDS[@]}"; do
+  mbs=$(awk -F'\t' -v k="$kind" '$1 == k { print $3 }' "$RESULTS" | median)
+  ratio=$(awk -F'\t' -v k="$kind" '
+    $1 == "baseline" { b[$2] = $3 }
+    $1 == k { r[$2] = $3 }
+    END { for (i in r) if (b[i] > 0) printf "%.3f\n", r[i] / b[i] }' "$RESULTS" | median)
+  printf '| %s | %s | %.2f |\n' "${LABEL[$kind]}" "$mbs" "$ratio"
+done
