@@ -90,6 +90,20 @@ fn pack(src: &Path, store: &str, out: &Path) {
     ]);
 }
 
+/// A temporary directory holding the test tree (`src`) packed into a dir store (`store`) as `img`.
+fn tree_packed_to_dir_store() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let img = tmp.path().join("img");
+    pack(
+        &src,
+        &format!("dir://{}", tmp.path().join("store").display()),
+        &img,
+    );
+    (tmp, src, img)
+}
+
 fn is_mounted(mnt: &Path) -> bool {
     let parent = mnt.parent().expect("parent");
     match (fs::metadata(mnt), fs::metadata(parent)) {
@@ -563,15 +577,7 @@ fn eviction_keeps_cache_under_limit() {
     if !fuse_available("eviction_keeps_cache_under_limit") {
         return;
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let src = tmp.path().join("src");
-    make_tree(&src);
-    let img = tmp.path().join("img");
-    pack(
-        &src,
-        &format!("dir://{}", tmp.path().join("store").display()),
-        &img,
-    );
+    let (tmp, src, img) = tree_packed_to_dir_store();
     let cache = tmp.path().join("cache");
     let limit = 3 * CHUNK;
     let m = Mounted::start(
@@ -599,15 +605,7 @@ fn sigkill_leaves_stale_mount_that_mount_and_umount_clean() {
     if !fuse_available("sigkill_leaves_stale_mount_that_mount_and_umount_clean") {
         return;
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let src = tmp.path().join("src");
-    make_tree(&src);
-    let img = tmp.path().join("img");
-    pack(
-        &src,
-        &format!("dir://{}", tmp.path().join("store").display()),
-        &img,
-    );
+    let (tmp, src, img) = tree_packed_to_dir_store();
     let cache = tmp.path().join("cache");
     let mnt = tmp.path().join("mnt");
     let _cleanup = DetachOnDrop(mnt.clone());
@@ -645,15 +643,7 @@ fn daemon_mode_is_ready_on_return_and_umount_stops_it() {
     if !fuse_available("daemon_mode_is_ready_on_return_and_umount_stops_it") {
         return;
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let src = tmp.path().join("src");
-    make_tree(&src);
-    let img = tmp.path().join("img");
-    pack(
-        &src,
-        &format!("dir://{}", tmp.path().join("store").display()),
-        &img,
-    );
+    let (tmp, src, img) = tree_packed_to_dir_store();
     let mnt = tmp.path().join("mnt");
     fs::create_dir_all(&mnt).expect("mkdir");
     let log = tmp.path().join("daemon.log");
