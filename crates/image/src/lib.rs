@@ -9,6 +9,7 @@ mod format;
 mod keys;
 mod pack;
 mod reader;
+pub mod restore_urls;
 mod stats;
 mod tree;
 mod unpack;

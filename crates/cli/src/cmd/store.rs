@@ -20,6 +20,37 @@ enum StoreCommand {
     /// Re-create the shards of an image's chunks that are missing or invalid on members of its
     /// dispersed (`disperse:`) store, e.g. after a server came back empty or was replaced.
     Repair(RepairArgs),
+    /// Copy an image's chunks from its store to another store (parallel, resumable: chunks the target
+    /// already holds are skipped) and write a new image that records the new store.
+    Copy(CopyArgs),
+}
+
+/// Arguments of `thinnode store copy`.
+#[derive(clap::Args)]
+struct CopyArgs {
+    /// The image (manifest) file whose chunks are copied.
+    image: PathBuf,
+    /// The target store URL.
+    #[arg(long)]
+    to: String,
+    /// Where to write the new image (recording the target store).
+    #[arg(long)]
+    out: PathBuf,
+    /// The source store URL (default: the store recorded in the image).
+    #[arg(long)]
+    from: Option<String>,
+    /// Sign the new image with this private key (the old signature cannot cover the new store list).
+    #[arg(long)]
+    sign: Option<PathBuf>,
+    /// Parallel copy workers.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Chunks per batch (one existence check, one fetch and one store call each).
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `thinnode store repair`.
@@ -123,9 +154,122 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies one batch: the chunks the target lacks are fetched from the source and stored. Returns how many
+/// were copied.
+fn copy_batch(
+    source: &dyn store::ChunkStore,
+    target: &dyn store::ChunkStore,
+    ids: &[store::ChunkId],
+) -> anyhow::Result<usize> {
+    let held = target.has_many(ids).context("checking the target")?;
+    let missing: Vec<store::ChunkId> = ids
+        .iter()
+        .zip(held)
+        .filter(|(_, h)| !h)
+        .map(|(id, _)| *id)
+        .collect();
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let values = source.get_many(&missing).context("reading the source")?;
+    let mut items = Vec::with_capacity(missing.len());
+    for (id, value) in missing.iter().zip(&values) {
+        let data = value
+            .as_deref()
+            .with_context(|| format!("chunk {id} is missing from the source store"))?;
+        anyhow::ensure!(
+            store::ChunkId::of(data) == *id,
+            "chunk {id} read from the source does not match its id"
+        );
+        items.push((*id, data));
+    }
+    target.put_many(&items).context("writing the target")?;
+    Ok(items.len())
+}
+
+fn copy(args: CopyArgs) -> anyhow::Result<()> {
+    let m = open_image(&args.image, None)?;
+    let source = super::unpack::open_store(args.from.as_deref(), &m)?;
+    let target = store::open(&args.to)
+        .with_context(|| format!("opening target store {}", store::redact_url(&args.to)))?;
+    let signer = match &args.sign {
+        Some(p) => {
+            Some(image::read_signing_key(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    let ids = image_chunk_ids(&m)?;
+    let batches: Vec<&[store::ChunkId]> = ids.chunks(args.batch.max(1)).collect();
+    let bar = progress_bar(ids.len() as u64, "chunks");
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let copied = std::sync::atomic::AtomicUsize::new(0);
+    let started = std::time::Instant::now();
+    let outcome: anyhow::Result<()> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..args.jobs.max(1))
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(batch) = batches.get(i) else {
+                            return Ok(());
+                        };
+                        let n = copy_batch(source.as_ref(), target.as_ref(), batch)?;
+                        copied.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        bar.inc(batch.len() as u64);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a copy worker panicked"))??;
+        }
+        Ok(())
+    });
+    bar.finish_and_clear();
+    outcome.context("copying chunks (re-run to resume: copied chunks are skipped)")?;
+    let copied = copied.into_inner();
+
+    let bytes =
+        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let rewritten =
+        image::restore_urls::manifest_with_stores(&bytes, &[target.public_url()], signer.as_ref())
+            .context("writing the store into the new image")?;
+    let tmp = args.out.with_extension("tmp-copy");
+    std::fs::write(&tmp, rewritten).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), args.out.display()))?;
+    let summary = serde_json::json!({
+        "chunks": ids.len(),
+        "copied": copied,
+        "already_present": ids.len() - copied,
+        "seconds": started.elapsed().as_secs_f64(),
+        "store": target.public_url(),
+        "image": args.out.display().to_string(),
+        "signed": signer.is_some(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "copied {copied} of {} chunks ({} already present) in {:.2} s; wrote {} -> {}",
+            ids.len(),
+            ids.len() - copied,
+            started.elapsed().as_secs_f64(),
+            args.out.display(),
+            target.public_url()
+        );
+        if signer.is_none() && m.is_signed() {
+            println!("note: the new image is unsigned; pass --sign KEY to sign it");
+        }
+    }
+    Ok(())
+}
+
 /// Runs `thinnode store`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         StoreCommand::Repair(a) => repair(a),
+        StoreCommand::Copy(a) => copy(a),
     }
 }
