@@ -1,32 +1,18 @@
 //! Overlay layers over a real `thinnode mount` (FUSE lower): the POSIX suite, `thinnode layer du` and
 //! `thinnode layer reset`, and the image staying intact (`verify --deep`) whatever the node wrote.
 
+mod common;
+
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{ok_stdout as thinnode_ok, run as thinnode, BIN};
 use layer::posix_suite;
 use layer::{OverlayLayer, OverlayOptions};
 use testkit::{fuse_available, ChildGuard};
-
-const BIN: &str = env!("CARGO_BIN_EXE_thinnode");
-
-fn thinnode(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run thinnode")
-}
-
-fn thinnode_ok(args: &[&str]) -> String {
-    let out = thinnode(args);
-    assert!(
-        out.status.success(),
-        "thinnode {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")

@@ -1,6 +1,8 @@
 //! End-to-end tests of `thinnode mount`, `umount` and `hydrate`: real images packed by `thinnode pack`
 //! into our zdb server or a dir store, mounted through the real FUSE kernel interface.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -11,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{ok_text as run_ok, BIN};
 use rand::{Rng, RngCore, SeedableRng};
 use testkit::{fuse_available, ChildGuard, ZdbProcess};
 
-const BIN: &str = env!("CARGO_BIN_EXE_thinnode");
 const CHUNK: u64 = 128 * 1024;
 
 /// Builds a source tree exercising every kind of content the mount must reproduce.
@@ -60,21 +62,6 @@ fn make_tree(root: &Path) {
     fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o640)).expect("chmod");
     xattr::set(root.join("db/big.bin"), "user.thinnode.test", b"value-1").expect("xattr");
     xattr::set(root.join("db"), "user.dir", b"d").expect("xattr");
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().expect("run thinnode");
-    assert!(
-        out.status.success(),
-        "thinnode {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn pack(src: &Path, store: &str, out: &Path) {

@@ -2,29 +2,14 @@
 //! over two `thinnode zdb` servers; the new image records the new store, reads without the old one, is
 //! signed when asked, and a second copy skips everything (resumable).
 
+mod common;
+
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::{ok_stdout as ok, run, BIN};
 use rand::{RngCore, SeedableRng};
 use testkit::ZdbProcess;
-
-const BIN: &str = env!("CARGO_BIN_EXE_thinnode");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run thinnode")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "thinnode {args:?} failed:\n{text}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")

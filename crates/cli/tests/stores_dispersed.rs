@@ -2,36 +2,14 @@
 //! over six `thinnode zdb` servers on loopback, `unpack` / `verify --deep` / `mount` with servers
 //! killed, `store repair` after servers come back empty, and `pack`/`unpack` through a `route:` store.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::{ok_text as ok, run, text, BIN};
 use rand::{RngCore, SeedableRng};
 use testkit::ZdbProcess;
-
-const BIN: &str = env!("CARGO_BIN_EXE_thinnode");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run thinnode")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "thinnode {args:?} failed:\n{}",
-        text(&out)
-    );
-    text(&out)
-}
 
 fn fails(args: &[&str]) -> String {
     let out = run(args);

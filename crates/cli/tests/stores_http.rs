@@ -2,39 +2,18 @@
 //! dir store is unpacked and deep-verified over HTTP from our server, headers are checked on the wire,
 //! and writes to an HTTP store are refused.
 
+mod common;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{ok_text as ok, run, text, BIN};
 use rand::{RngCore, SeedableRng};
 use testkit::ChildGuard;
-
-const BIN: &str = env!("CARGO_BIN_EXE_thinnode");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run thinnode")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "thinnode {args:?} failed:\n{}",
-        text(&out)
-    );
-    text(&out)
-}
 
 fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
