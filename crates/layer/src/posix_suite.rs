@@ -463,22 +463,28 @@ fn o_append(d: &Path) -> CheckResult {
     same_bytes("log", &read(&p)?, want.as_bytes())
 }
 
-fn hard_link(d: &Path) -> CheckResult {
-    fs::write(d.join("a"), b"one").ctx("write")?;
-    fs::hard_link(d.join("a"), d.join("b")).ctx("link")?;
-    let (ma, mb) = (
-        fs::metadata(d.join("a")).ctx("stat a")?,
-        fs::metadata(d.join("b")).ctx("stat b")?,
+/// Hard-links `first` as `second`, checks both names are one inode with two links, then writes
+/// `bytes` at offset 0 through `second`.
+fn link_then_write_through(first: &Path, second: &Path, bytes: &[u8]) -> CheckResult {
+    fs::hard_link(first, second).ctx("link")?;
+    let (m1, m2) = (
+        fs::metadata(first).ctx("stat first name")?,
+        fs::metadata(second).ctx("stat second name")?,
     );
-    ensure(ma.nlink() == 2 && mb.ino() == ma.ino(), || {
-        format!("nlink {} ino {} vs {}", ma.nlink(), ma.ino(), mb.ino())
+    ensure(m1.nlink() == 2 && m1.ino() == m2.ino(), || {
+        format!("nlink {} ino {} vs {}", m1.nlink(), m1.ino(), m2.ino())
     })?;
     OpenOptions::new()
         .write(true)
-        .open(d.join("b"))
-        .ctx("open b")?
-        .write_all_at(b"ONE", 0)
-        .ctx("write via b")?;
+        .open(second)
+        .ctx("open second name")?
+        .write_all_at(bytes, 0)
+        .ctx("write via second name")
+}
+
+fn hard_link(d: &Path) -> CheckResult {
+    fs::write(d.join("a"), b"one").ctx("write")?;
+    link_then_write_through(&d.join("a"), &d.join("b"), b"ONE")?;
     same_bytes("a after writing b", &read(&d.join("a"))?, b"ONE")?;
     fs::remove_file(d.join("a")).ctx("unlink a")?;
     let n = fs::metadata(d.join("b")).ctx("stat b")?.nlink();
@@ -775,20 +781,7 @@ fn base_xattr(b: &Path) -> CheckResult {
 }
 
 fn base_hard_link(b: &Path) -> CheckResult {
-    fs::hard_link(b.join("hardlink.bin"), b.join("hardlink2.bin")).ctx("link")?;
-    let (m1, m2) = (
-        fs::metadata(b.join("hardlink.bin")).ctx("stat")?,
-        fs::metadata(b.join("hardlink2.bin")).ctx("stat")?,
-    );
-    ensure(m1.nlink() == 2 && m1.ino() == m2.ino(), || {
-        format!("nlink {} ino {} vs {}", m1.nlink(), m1.ino(), m2.ino())
-    })?;
-    OpenOptions::new()
-        .write(true)
-        .open(b.join("hardlink2.bin"))
-        .ctx("open")?
-        .write_all_at(b"XY", 0)
-        .ctx("write")?;
+    link_then_write_through(&b.join("hardlink.bin"), &b.join("hardlink2.bin"), b"XY")?;
     let mut want = base_content("hardlink.bin");
     want[..2].copy_from_slice(b"XY");
     same_bytes("other name", &read(&b.join("hardlink.bin"))?, &want)
