@@ -14,6 +14,13 @@ use redis_protocol::resp2::types::OwnedFrame;
 /// Writes acknowledged by the server: (key, value).
 type Acked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
+/// Sets keys `k0` .. `k{n-1}` to `value_for(i)`, the content the checks below expect.
+fn set_keys(r: &mut Raw, n: usize) {
+    for i in 0..n {
+        r.cmd(&[b"SET", format!("k{i}").as_bytes(), &value_for(i)]);
+    }
+}
+
 fn value_for(i: usize) -> Vec<u8> {
     format!("value-{i}-").repeat(1 + i % 13).into_bytes()
 }
@@ -156,9 +163,7 @@ fn torn_tail_is_cut_and_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let mut z = start(dir.path(), &[]);
     let mut r = Raw::connect(z.port);
-    for i in 0..10 {
-        r.cmd(&[b"SET", format!("k{i}").as_bytes(), &value_for(i)]);
-    }
+    set_keys(&mut r, 10);
     drop(r);
     z.child.kill();
     let d0 = dir.path().join("data/default/d0");
@@ -210,9 +215,7 @@ fn data_without_index_entries_is_recovered() {
     let dir = tempfile::tempdir().unwrap();
     let mut z = start(dir.path(), &[]);
     let mut r = Raw::connect(z.port);
-    for i in 0..5 {
-        r.cmd(&[b"SET", format!("k{i}").as_bytes(), &value_for(i)]);
-    }
+    set_keys(&mut r, 5);
     drop(r);
     z.child.kill();
     let i0 = dir.path().join("index/default/i0");
@@ -242,9 +245,7 @@ fn lost_or_damaged_index_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let mut z = start(dir.path(), &["--datasize", "2048"]);
     let mut r = Raw::connect(z.port);
-    for i in 0..60 {
-        r.cmd(&[b"SET", format!("k{i}").as_bytes(), &value_for(i)]);
-    }
+    set_keys(&mut r, 60);
     r.c(&["SET", "k3", "new3"]);
     r.c(&["DEL", "k4"]);
     let before = scan_all(&mut r, "SCAN");
@@ -312,9 +313,7 @@ fn read_only_filesystem_serves_existing_data() {
     std::fs::create_dir(&src).unwrap();
     let mut z = start(&src, &["--datasize", "1024"]);
     let mut r = Raw::connect(z.port);
-    for i in 0..30 {
-        r.cmd(&[b"SET", format!("k{i}").as_bytes(), &value_for(i)]);
-    }
+    set_keys(&mut r, 30);
     drop(r);
     z.terminate_or_kill();
     let ro = dir.path().join("ro");
