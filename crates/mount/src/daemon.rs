@@ -333,6 +333,12 @@ extern "C" fn on_shutdown_signal(_: libc::c_int) {
     SHUTDOWN_REQUESTED.store(true, Ordering::SeqCst);
 }
 
+/// Whether a shutdown signal arrived since [`install_shutdown_handler`] (for processes that run their
+/// own serving loop, such as a node supervisor).
+pub fn shutdown_requested() -> bool {
+    SHUTDOWN_REQUESTED.load(Ordering::SeqCst)
+}
+
 /// Makes SIGTERM, SIGINT and SIGHUP request a clean shutdown (see [`MountedImage::serve`]).
 pub fn install_shutdown_handler() -> Result<(), MountError> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
