@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 pub mod blocks;
 pub mod overlay;
 pub mod posix_suite;
+pub mod stack;
 mod usage;
 
 pub use overlay::{OverlayLayer, OverlayOptions};
+pub use stack::LayeredMount;
 pub use usage::LayerUsage;
 
 /// Name of the metadata file inside a layer directory.

@@ -140,6 +140,10 @@ pub struct MountRecord {
     pub store_overrides: Vec<String>,
     /// Where metrics are served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Another mount of the same process that this one is stacked on (the read-only image below a
+    /// write layer); unmounting this mount unmounts that one too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacked_on: Option<PathBuf>,
 }
 
 /// An absolute form of `path` that works even when `path` itself is a dead mount (only the parent is
@@ -184,7 +188,8 @@ pub fn prune_dead_records() {
     }
 }
 
-fn write_record(rec: &MountRecord) -> Result<(), MountError> {
+/// Writes the record of a mount served by this process, so `unmount_path` can find its daemon.
+pub fn write_record(rec: &MountRecord) -> Result<(), MountError> {
     fs::create_dir_all(RUN_DIR).map_err(io_ctx(format!("create {RUN_DIR}")))?;
     let path = record_path(&rec.mountpoint);
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -196,7 +201,8 @@ fn write_record(rec: &MountRecord) -> Result<(), MountError> {
     fs::rename(&tmp, &path).map_err(io_ctx(format!("write {}", path.display())))
 }
 
-fn remove_record(mountpoint: &Path, pid: u32) {
+/// Removes the record of the mount at `mountpoint` if process `pid` wrote it.
+pub fn remove_record(mountpoint: &Path, pid: u32) {
     if read_record(mountpoint).is_some_and(|r| r.pid == pid) {
         let _ = fs::remove_file(record_path(mountpoint));
     }
@@ -257,6 +263,21 @@ fn pid_alive(pid: u32) -> bool {
 /// unmounts directly; a stale mount is detached. Errors when nothing is mounted there.
 pub fn unmount_path(mountpoint: &Path, timeout: Duration) -> Result<(), MountError> {
     let mnt = absolute_mountpoint(mountpoint)?;
+    let below = read_record(&mnt).and_then(|r| r.stacked_on);
+    let result = unmount_one(&mnt, timeout);
+    if let Some(below) = below {
+        // The daemon unmounts it on a clean exit; after a kill it is left behind, dead or alive.
+        if is_mountpoint(&below) {
+            if let Err(e) = unmount_one(&below, timeout) {
+                tracing::warn!("{}: {e}", below.display());
+            }
+        }
+    }
+    result
+}
+
+fn unmount_one(mnt: &Path, timeout: Duration) -> Result<(), MountError> {
+    let mnt = mnt.to_path_buf();
     if clean_stale_mount(&mnt)? {
         let _ = fs::remove_file(record_path(&mnt));
         return Ok(());
@@ -475,6 +496,7 @@ impl MountedImage {
             cache_max_bytes: config.cache.max_bytes,
             store_overrides: config.store_overrides.clone(),
             metrics_addr,
+            stacked_on: None,
         })?;
         Ok(mounted)
     }

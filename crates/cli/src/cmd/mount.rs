@@ -1,4 +1,4 @@
-//! `thinnode mount`: lazy, verified, cached read-only FUSE mount of an image.
+//! `thinnode mount`: lazy, verified, cached FUSE mount of an image: read-only, or writable with a write layer.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -59,6 +59,23 @@ pub struct Args {
     /// Do not fsync cache entries (faster on slow disks; entries may be lost on power failure).
     #[arg(long)]
     no_cache_sync: bool,
+    /// Make the mount writable: keep this node's writes in the layer directory DIR (created if
+    /// missing). The image itself is mounted read-only at DIR/lower.
+    #[arg(long, value_name = "DIR")]
+    layer: Option<PathBuf>,
+    /// Kind of a new layer: `overlay` (kernel overlayfs; a written file is copied up whole) or `blocks`
+    /// (only written blocks are kept; for databases that open files read-write, such as ParityDB).
+    /// Default: the kind of the existing layer, else overlay.
+    #[arg(long, value_name = "KIND", requires = "layer", value_parser = parse_layer_kind)]
+    layer_kind: Option<layer::LayerKind>,
+}
+
+fn parse_layer_kind(s: &str) -> Result<layer::LayerKind, String> {
+    match s {
+        "overlay" => Ok(layer::LayerKind::Overlay),
+        "blocks" => Ok(layer::LayerKind::Blocks),
+        other => Err(format!("unknown layer kind {other:?} (overlay or blocks)")),
+    }
 }
 
 /// Runs `thinnode mount`.
@@ -144,6 +161,33 @@ fn mount_and_serve(args: Args) -> anyhow::Result<()> {
     config.record_trace = args.record_trace.clone();
     config.passthrough = !args.no_passthrough;
     config.fuse_threads = args.fuse_threads.max(1);
+    if let Some(layer_dir) = &args.layer {
+        let kind = match (args.layer_kind, layer::LayerMetadata::read(layer_dir)) {
+            (Some(k), _) => k,
+            (None, Ok(meta)) => meta.kind,
+            (None, Err(layer::Error::NotALayer(_))) => layer::LayerKind::Overlay,
+            (None, Err(e)) => return Err(e).context("read the layer"),
+        };
+        let mounted = layer::LayeredMount::mount(config, layer_dir, kind, &args.mountpoint)
+            .with_context(|| {
+                format!(
+                    "mount {} with {kind} layer {} on {}",
+                    args.image.display(),
+                    layer_dir.display(),
+                    args.mountpoint.display()
+                )
+            })?;
+        tracing::info!(
+            "mounted {} read-write at {} ({kind} layer {}, ready in {} ms)",
+            args.image.display(),
+            mounted.target().display(),
+            mounted.layer_dir().display(),
+            started.elapsed().as_millis()
+        );
+        daemon::notify_ready(Ok(()));
+        mounted.serve()?;
+        return Ok(());
+    }
     let mounted = MountedImage::mount(config).with_context(|| {
         format!(
             "mount {} on {}",

@@ -1,0 +1,211 @@
+//! A node's data directory: the image mounted read-only (lazily, through the host cache) with the node's
+//! write layer stacked on top, both served by this process.
+//!
+//! The read-only image mount lives inside the layer directory (`DIR/lower`), so each layer carries its own
+//! view of the base and nothing else on the host has to be arranged.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use mount::daemon::{self, MountConfig, MountRecord, MountedImage};
+
+use crate::{io_err, Error, LayerKind, LayerMetadata, OverlayLayer, OverlayOptions, Result};
+
+/// Name of the read-only image mountpoint inside a layer directory.
+pub const LOWER_DIR: &str = "lower";
+
+/// The write layer on top of the image.
+enum Top {
+    Overlay(OverlayLayer),
+}
+
+/// An image mounted read-only with a write layer on top, served by this process until unmounted.
+pub struct LayeredMount {
+    image: Option<MountedImage>,
+    top: Option<Top>,
+    target: PathBuf,
+    lower: PathBuf,
+    layer_dir: PathBuf,
+}
+
+impl std::fmt::Debug for LayeredMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayeredMount")
+            .field("target", &self.target)
+            .field("lower", &self.lower)
+            .field("layer_dir", &self.layer_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn mount_err(context: &str) -> impl FnOnce(mount::MountError) -> Error + '_ {
+    move |e| Error::MountPrecondition(format!("{context}: {e}"))
+}
+
+impl LayeredMount {
+    /// Mounts `config.image` read-only at `<layer_dir>/lower` (`config.mountpoint` is replaced by that
+    /// path; cache, stores, trust and fetch settings are used as given), then the write layer in
+    /// `layer_dir` at `target`: created with `kind` if `layer_dir` holds no layer yet, an error if it
+    /// holds one of another kind. Returns once `target` answers.
+    pub fn mount(
+        mut config: MountConfig,
+        layer_dir: &Path,
+        kind: LayerKind,
+        target: &Path,
+    ) -> Result<LayeredMount> {
+        fs::create_dir_all(layer_dir).map_err(io_err("create directory", layer_dir))?;
+        let layer_dir = fs::canonicalize(layer_dir).map_err(io_err("resolve", layer_dir))?;
+        match LayerMetadata::read(&layer_dir) {
+            Ok(meta) if meta.kind != kind => {
+                return Err(Error::WrongKind {
+                    path: layer_dir,
+                    found: meta.kind,
+                    wanted: kind,
+                })
+            }
+            Ok(_) | Err(Error::NotALayer(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let target = daemon::absolute_mountpoint(target).map_err(mount_err("mount target"))?;
+        // A daemon killed earlier leaves its mounts behind: clear them first.
+        if daemon::is_mountpoint(&target) {
+            daemon::unmount_path(&target, std::time::Duration::from_secs(10))
+                .map_err(mount_err("clear the old mount"))?;
+        }
+        if daemon::is_mountpoint(&target) {
+            return Err(Error::MountPrecondition(format!(
+                "{} is already a mountpoint",
+                target.display()
+            )));
+        }
+        let lower = layer_dir.join(LOWER_DIR);
+        if daemon::is_mountpoint(&lower) {
+            daemon::unmount_path(&lower, std::time::Duration::from_secs(10))
+                .map_err(mount_err("clear the old image mount"))?;
+        }
+        fs::create_dir_all(&lower).map_err(io_err("create directory", &lower))?;
+        let cache_dir = config.cache.dir.clone();
+        let cache_max_bytes = config.cache.max_bytes;
+        let store_overrides = config.store_overrides.clone();
+        let image_path = std::path::absolute(&config.image).unwrap_or(config.image.clone());
+        config.mountpoint = lower.clone();
+        let image = MountedImage::mount(config).map_err(mount_err("mount the image"))?;
+        let mut stacked = LayeredMount {
+            image: Some(image),
+            top: None,
+            target: target.clone(),
+            lower: lower.clone(),
+            layer_dir: layer_dir.clone(),
+        };
+        let top = match kind {
+            LayerKind::Overlay => {
+                let layer = OverlayLayer::open_or_create(&layer_dir, OverlayOptions::default())?;
+                layer.mount(&lower, &target)?;
+                Top::Overlay(layer)
+            }
+            LayerKind::Blocks => return Err(Error::UnsupportedKind(LayerKind::Blocks)),
+        };
+        stacked.top = Some(top);
+        daemon::write_record(&MountRecord {
+            pid: std::process::id(),
+            image: image_path,
+            mountpoint: target,
+            cache_dir,
+            cache_max_bytes,
+            store_overrides,
+            metrics_addr: stacked.image.as_ref().and_then(|i| i.metrics_addr()),
+            stacked_on: Some(lower),
+        })
+        .map_err(mount_err("record the mount"))?;
+        Ok(stacked)
+    }
+
+    /// Where the merged read-write view is mounted.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Where the read-only image is mounted (inside the layer directory).
+    pub fn lower(&self) -> &Path {
+        &self.lower
+    }
+
+    /// The layer directory (absolute).
+    pub fn layer_dir(&self) -> &Path {
+        &self.layer_dir
+    }
+
+    /// The image mount below the layer (metrics, fetcher).
+    pub fn image(&self) -> Option<&MountedImage> {
+        self.image.as_ref()
+    }
+
+    /// Whether both mounts are still in place (false once something unmounted the top from outside).
+    pub fn is_running(&self) -> bool {
+        let top_up = match &self.top {
+            Some(Top::Overlay(layer)) => overlay_mounted(layer, &self.target),
+            None => false,
+        };
+        top_up && daemon::is_mountpoint(&self.lower)
+    }
+
+    /// Serves until a shutdown signal arrives (see [`daemon::install_shutdown_handler`]) or the top is
+    /// unmounted from outside, then unmounts both.
+    pub fn serve(self) -> Result<()> {
+        while !daemon::shutdown_requested() && self.is_running() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.unmount()
+    }
+
+    /// Unmounts the write layer, then the image below it.
+    pub fn unmount(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        daemon::remove_record(&self.target, std::process::id());
+        let mut result = Ok(());
+        match self.top.take() {
+            Some(Top::Overlay(layer)) if overlay_mounted(&layer, &self.target) => {
+                if let Err(e) = layer.unmount(&self.target) {
+                    tracing::warn!("{e}; detaching it");
+                    if let Err(errno) =
+                        nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH)
+                    {
+                        result = Err(Error::Syscall {
+                            syscall: "umount",
+                            target: self.target.clone(),
+                            errno,
+                            explanation: "lazy detach failed".into(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(image) = self.image.take() {
+            if let Err(e) = image.unmount() {
+                result = result.and(Err(mount_err("unmount the image")(e)));
+            }
+        }
+        result
+    }
+}
+
+fn overlay_mounted(layer: &OverlayLayer, target: &Path) -> bool {
+    layer
+        .mount_points()
+        .map(|m| m.iter().any(|p| p == target))
+        .unwrap_or(false)
+}
+
+impl Drop for LayeredMount {
+    fn drop(&mut self) {
+        if self.top.is_some() || self.image.is_some() {
+            if let Err(e) = self.stop() {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
