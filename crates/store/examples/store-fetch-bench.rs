@@ -194,7 +194,7 @@ fn main() -> Result<()> {
                         store::StoreLocation::Zdb(config) => {
                             store::zdb::ZdbClient::connect(config)?
                         }
-                        store::StoreLocation::Dir(_) => {
+                        store::StoreLocation::Dir(_) | store::StoreLocation::S3(_) => {
                             return Err("this mode needs a zdb store".into())
                         }
                     };

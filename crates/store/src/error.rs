@@ -109,6 +109,30 @@ pub enum StoreError {
         url: String,
     },
 
+    /// An `s3://` store's bucket does not exist at its endpoint.
+    #[error("S3 bucket {bucket:?} does not exist at {endpoint}")]
+    BucketMissing {
+        /// The bucket name.
+        bucket: String,
+        /// The endpoint asked (no credentials).
+        endpoint: String,
+    },
+
+    /// An `s3://` store refused a request: wrong credentials or a missing permission. Never contains the
+    /// credentials.
+    #[error("S3 {operation} in bucket {bucket:?} at {endpoint} was denied: {reason}")]
+    AccessDenied {
+        /// The bucket name.
+        bucket: String,
+        /// The endpoint asked (no credentials).
+        endpoint: String,
+        /// What was being done ("read", "write", "existence check", "list").
+        operation: &'static str,
+        /// The S3 error code and what it means (e.g. "InvalidAccessKeyId: the access key id or secret
+        /// key is wrong").
+        reason: String,
+    },
+
     /// An object is larger than the backend accepts.
     #[error("object of {size} bytes exceeds the {limit}-byte limit of this store")]
     ObjectTooLarge {

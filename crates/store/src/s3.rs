@@ -1,0 +1,952 @@
+//! The `s3://` store: objects in an S3 bucket (AWS or any S3 engine such as SeaweedFS, MinIO, Ceph RGW),
+//! named by the chunk id's 64 hex digits under an optional key prefix. Built on the `object_store` crate
+//! (SigV4, retries with backoff) driven by a small tokio runtime the store owns, behind the synchronous
+//! [`ChunkStore`] API; batch calls keep many requests in flight. Syntax in docs/stores.md.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
+use url::Url;
+
+use crate::{ChunkId, ChunkStore, DeliverFn, StoreError};
+
+/// The region used when neither the URL nor `AWS_REGION` / `AWS_DEFAULT_REGION` names one.
+pub const DEFAULT_REGION: &str = "us-east-1";
+/// Requests in flight at once in batch calls, unless the URL says `parallel=N`.
+pub const DEFAULT_PARALLEL: usize = 32;
+/// Query options that carry credentials: never shown in public URLs, messages or logs.
+pub(crate) const SECRET_OPTIONS: [&str; 3] =
+    ["access_key_id", "secret_access_key", "session_token"];
+/// Worker threads of the runtime each store owns (requests are I/O bound; signing is cheap).
+const RUNTIME_THREADS: usize = 2;
+/// A key under the prefix that is never written: listing it tells whether the bucket exists.
+const BUCKET_PROBE: &str = ".thinnode-bucket-probe/";
+
+/// The settings an `s3://` URL carries. Credentials and region may also come from the environment when
+/// the store is opened (see [`S3Store::new`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// The bucket name.
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/` (empty: objects at the bucket's top level).
+    pub prefix: String,
+    /// The S3 endpoint URL (`http://` or `https://`); `None`: AWS (or `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// The signing region; `None`: `AWS_REGION`, `AWS_DEFAULT_REGION`, then [`DEFAULT_REGION`].
+    pub region: Option<String>,
+    /// Path-style (`ENDPOINT/BUCKET/KEY`) rather than virtual-hosted (`BUCKET.ENDPOINT/KEY`) requests;
+    /// `None`: path-style with a custom endpoint, virtual-hosted on AWS.
+    pub path_style: Option<bool>,
+    /// The access key id (`None`: from `AWS_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// The secret access key (`None`: from `AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key: Option<String>,
+    /// A session token for temporary credentials (`None`: from `AWS_SESSION_TOKEN`).
+    pub session_token: Option<String>,
+    /// Send unsigned requests (public buckets), ignoring any credentials.
+    pub anonymous: bool,
+    /// Time allowed for one request, including reading the body.
+    pub timeout: Duration,
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// Retries of a failed request (5xx, throttling, connection errors, timeouts), with exponential
+    /// backoff.
+    pub retries: usize,
+    /// Requests in flight at once in batch calls.
+    pub parallel: usize,
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "***");
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &hidden(&self.access_key_id))
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("session_token", &hidden(&self.session_token))
+            .field("anonymous", &self.anonymous)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retries", &self.retries)
+            .field("parallel", &self.parallel)
+            .finish()
+    }
+}
+
+impl S3Config {
+    /// A configuration for `bucket` with every option at its default.
+    pub fn new(bucket: &str) -> Self {
+        S3Config {
+            bucket: bucket.to_string(),
+            prefix: String::new(),
+            endpoint: None,
+            region: None,
+            path_style: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            anonymous: false,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            retries: 3,
+            parallel: DEFAULT_PARALLEL,
+        }
+    }
+
+    /// Parses `s3://BUCKET[/PREFIX][?option=value&…]`; `Err` holds the reason (without secrets).
+    pub(crate) fn parse(url: &Url) -> Result<Self, String> {
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("credentials go in access_key_id=/secret_access_key= options or the \
+                        AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables, not before the bucket"
+                .into());
+        }
+        if url.port().is_some() {
+            return Err(
+                "s3://BUCKET takes no port: the server goes in endpoint=http://host:port".into(),
+            );
+        }
+        let bucket = url.host_str().unwrap_or_default();
+        check_bucket_name(bucket)?;
+        let mut config = S3Config::new(bucket);
+        let prefix = url.path().trim_matches('/');
+        if !prefix.is_empty() {
+            let decoded = percent_encoding::percent_decode_str(prefix)
+                .decode_utf8()
+                .map_err(|_| "the prefix is not valid UTF-8 after percent-decoding".to_string())?;
+            ObjectPath::parse(decoded.as_ref())
+                .map_err(|e| format!("invalid key prefix {decoded:?}: {e}"))?;
+            config.prefix = decoded.into_owned();
+        }
+        for (key, value) in url.query_pairs() {
+            let non_empty = || {
+                if value.is_empty() {
+                    Err(format!("option {key}= must not be empty"))
+                } else {
+                    Ok(value.clone().into_owned())
+                }
+            };
+            match key.as_ref() {
+                "endpoint" => config.endpoint = Some(check_endpoint(&value)?),
+                "region" => config.region = Some(non_empty()?),
+                "path_style" => config.path_style = Some(parse_bool(&key, &value)?),
+                "access_key_id" => config.access_key_id = Some(non_empty()?),
+                "secret_access_key" => config.secret_access_key = Some(non_empty()?),
+                "session_token" => config.session_token = Some(non_empty()?),
+                "anonymous" => config.anonymous = parse_bool(&key, &value)?,
+                "timeout_ms" => config.timeout = Duration::from_millis(positive(&key, &value)?),
+                "connect_timeout_ms" => {
+                    config.connect_timeout = Duration::from_millis(positive(&key, &value)?)
+                }
+                "retries" => {
+                    config.retries = value
+                        .parse()
+                        .map_err(|_| format!("option retries={value:?} is not a number"))?
+                }
+                "parallel" => config.parallel = positive(&key, &value)? as usize,
+                other => {
+                    return Err(format!(
+                        "unknown option {other:?} (s3:// options: endpoint, region, path_style, \
+                         access_key_id, secret_access_key, session_token, anonymous, timeout_ms, \
+                         connect_timeout_ms, retries, parallel)"
+                    ))
+                }
+            }
+        }
+        if config.access_key_id.is_some() != config.secret_access_key.is_some() {
+            return Err("access_key_id= and secret_access_key= go together".into());
+        }
+        Ok(config)
+    }
+}
+
+/// S3 bucket naming rules: 3 to 63 characters, lower-case letters, digits, `.` and `-`, starting and
+/// ending with a letter or digit.
+fn check_bucket_name(bucket: &str) -> Result<(), String> {
+    let valid_chars = bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let valid_ends = bucket
+        .bytes()
+        .next()
+        .zip(bucket.bytes().last())
+        .is_some_and(|(first, last)| first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric());
+    if bucket.is_empty() {
+        Err("s3:// needs a bucket: s3://BUCKET[/PREFIX]?endpoint=…".into())
+    } else if !(3..=63).contains(&bucket.len()) || !valid_chars || !valid_ends {
+        Err(format!(
+            "invalid bucket name {bucket:?} (3-63 characters: a-z, 0-9, '.', '-')"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_endpoint(value: &str) -> Result<String, String> {
+    let parsed = Url::parse(value).map_err(|e| format!("endpoint={value:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!(
+            "endpoint={value:?} must be an http:// or https:// URL"
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() || parsed.query().is_some() {
+        return Err("endpoint= takes no credentials and no query".into());
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "true" | "yes" | "on" | "" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("option {key}={value:?} is not a boolean")),
+    }
+}
+
+fn positive(key: &str, value: &str) -> Result<u64, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|&n: &u64| n > 0)
+        .ok_or_else(|| format!("option {key}={value:?} is not a positive number"))
+}
+
+/// Settings after the environment was consulted.
+#[derive(Clone)]
+struct Resolved {
+    endpoint: Option<String>,
+    region: String,
+    path_style: bool,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+    anonymous: bool,
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Resolved {
+    fn from(config: &S3Config) -> Result<Self, String> {
+        let endpoint = match &config.endpoint {
+            Some(e) => Some(e.clone()),
+            None => match env_var("AWS_ENDPOINT_URL_S3").or_else(|| env_var("AWS_ENDPOINT_URL")) {
+                Some(e) => Some(check_endpoint(&e).map_err(|r| format!("AWS_ENDPOINT_URL: {r}"))?),
+                None => None,
+            },
+        };
+        let region = config
+            .region
+            .clone()
+            .or_else(|| env_var("AWS_REGION"))
+            .or_else(|| env_var("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| DEFAULT_REGION.to_string());
+        let path_style = config.path_style.unwrap_or(endpoint.is_some());
+        let (access_key_id, secret_access_key, session_token) = if config.anonymous {
+            (None, None, None)
+        } else if config.access_key_id.is_some() {
+            (
+                config.access_key_id.clone(),
+                config.secret_access_key.clone(),
+                config.session_token.clone(),
+            )
+        } else {
+            (
+                env_var("AWS_ACCESS_KEY_ID"),
+                env_var("AWS_SECRET_ACCESS_KEY"),
+                config
+                    .session_token
+                    .clone()
+                    .or_else(|| env_var("AWS_SESSION_TOKEN")),
+            )
+        };
+        if access_key_id.is_some() != secret_access_key.is_some() {
+            return Err(
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".to_string(),
+            );
+        }
+        // Without static keys, object_store's other providers (web identity, container) apply when
+        // their variables are set; otherwise requests are unsigned rather than waiting on an EC2
+        // metadata endpoint that usually is not there.
+        let provider_in_env = [
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        ]
+        .iter()
+        .any(|v| env_var(v).is_some());
+        let anonymous = config.anonymous || (access_key_id.is_none() && !provider_in_env);
+        Ok(Resolved {
+            endpoint,
+            region,
+            path_style,
+            access_key_id,
+            secret_access_key,
+            session_token,
+            anonymous,
+        })
+    }
+
+    /// The endpoint requests go to (with the bucket as a sub-domain for virtual-hosted requests).
+    fn bucket_endpoint(&self, bucket: &str) -> Option<String> {
+        let endpoint = self.endpoint.as_ref()?;
+        if self.path_style {
+            return Some(endpoint.clone());
+        }
+        let mut url = Url::parse(endpoint).ok()?;
+        let host = url.host_str()?.to_string();
+        if !host.starts_with(&format!("{bucket}.")) {
+            url.set_host(Some(&format!("{bucket}.{host}"))).ok()?;
+        }
+        Some(url.as_str().trim_end_matches('/').to_string())
+    }
+}
+
+/// What every request task shares: the client and what error messages need.
+struct Shared {
+    client: AmazonS3,
+    bucket: String,
+    prefix: String,
+    /// The endpoint as shown in messages (no credentials).
+    endpoint: String,
+    timeout: Duration,
+    /// Credentials to scrub from any text that reaches an error message.
+    secrets: Vec<String>,
+    /// Set once the bucket is known to exist (a 404 can then only mean a missing object).
+    bucket_exists: tokio::sync::OnceCell<()>,
+}
+
+/// A [`ChunkStore`] in an S3 bucket.
+pub struct S3Store {
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    public_url: String,
+    parallel: usize,
+}
+
+impl S3Store {
+    /// A store for `config`, consulting the standard AWS environment variables (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_DEFAULT_REGION`,
+    /// `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`) for what the URL leaves out. No request is made.
+    pub fn new(config: S3Config) -> Result<Self, StoreError> {
+        let public_url = public_url_of(&config, None);
+        let invalid = |reason: String| StoreError::InvalidUrl {
+            url: public_url.clone(),
+            reason,
+        };
+        let resolved = Resolved::from(&config).map_err(invalid)?;
+        let public_url = public_url_of(&config, Some(&resolved));
+        let endpoint_shown = resolved
+            .bucket_endpoint(&config.bucket)
+            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", resolved.region));
+
+        let mut client_options = ClientOptions::new()
+            .with_timeout(config.timeout)
+            .with_connect_timeout(config.connect_timeout)
+            .with_pool_max_idle_per_host(config.parallel.max(4));
+        if resolved
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+        {
+            client_options = client_options.with_allow_http(true);
+        }
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: config.retries,
+            retry_timeout: Duration::from_secs(120),
+        };
+        // The environment supplies the other credential providers' settings; everything this store
+        // resolved itself is set explicitly (and wins over the environment).
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_region(&resolved.region)
+            .with_virtual_hosted_style_request(!resolved.path_style)
+            .with_client_options(client_options)
+            .with_retry(retry)
+            .with_skip_signature(resolved.anonymous);
+        if let Some(endpoint) = resolved.bucket_endpoint(&config.bucket) {
+            builder = builder
+                .with_endpoint(&endpoint)
+                .with_config(AmazonS3ConfigKey::S3Endpoint, &endpoint);
+        }
+        let mut secrets = Vec::new();
+        if let (Some(key), Some(secret)) = (&resolved.access_key_id, &resolved.secret_access_key) {
+            builder = builder
+                .with_access_key_id(key)
+                .with_secret_access_key(secret);
+            secrets.push(key.clone());
+            secrets.push(secret.clone());
+            match &resolved.session_token {
+                Some(token) => {
+                    builder = builder.with_token(token);
+                    secrets.push(token.clone());
+                }
+                None => builder = builder.with_config(AmazonS3ConfigKey::Token, ""),
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| invalid(scrub(&e.to_string(), &secrets)))?;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_THREADS)
+            .thread_name("s3-store")
+            .enable_all()
+            .build()
+            .map_err(|source| StoreError::Io {
+                operation: "start the S3 runtime for",
+                path: public_url.clone(),
+                source,
+            })?;
+        Ok(S3Store {
+            shared: Arc::new(Shared {
+                client,
+                bucket: config.bucket.clone(),
+                prefix: config.prefix.clone(),
+                endpoint: endpoint_shown,
+                timeout: config.timeout,
+                secrets,
+                bucket_exists: tokio::sync::OnceCell::new(),
+            }),
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            public_url,
+            parallel: config.parallel,
+        })
+    }
+
+    /// Like [`S3Store::new`], then checks that the endpoint answers, the bucket exists and the
+    /// credentials are accepted (one LIST request), so such mistakes fail here with a clear error.
+    pub fn connect(config: S3Config) -> Result<Self, StoreError> {
+        let store = S3Store::new(config)?;
+        let shared = Arc::clone(&store.shared);
+        store.run(async move { shared.ensure_bucket().await })?;
+        Ok(store)
+    }
+
+    /// The object key of chunk `id`: `PREFIX/<64 hex digits>` (no prefix: just the hex digits).
+    pub fn object_key(&self, id: &ChunkId) -> String {
+        self.shared.key(id)
+    }
+
+    /// Runs `work` on the store's runtime and waits for it from this (synchronous) thread; works
+    /// whether or not the caller is itself inside a tokio runtime.
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let task = self.handle.spawn(work);
+        futures::executor::block_on(task).map_err(|e| self.shared.task_failed(&e))?
+    }
+
+    /// Runs `one` for every id with up to `parallel` requests in flight; results in the order of `ids`.
+    fn run_many<T, F, Fut>(&self, ids: &[ChunkId], one: F) -> Result<Vec<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(Arc<Shared>, ChunkId) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let ids = ids.to_vec();
+        let shared = Arc::clone(&self.shared);
+        let parallel = self.parallel;
+        self.run(async move {
+            stream::iter(ids)
+                .map(|id| tokio::spawn(one(Arc::clone(&shared), id)))
+                .buffered(parallel)
+                .map(|joined| joined.map_err(|e| shared.task_failed(&e))?)
+                .try_collect()
+                .await
+        })
+    }
+}
+
+impl Drop for S3Store {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; inside another runtime that panics. Shut down without waiting.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The `s3://` URL recorded in images: bucket, prefix, endpoint, region and addressing, never
+/// credentials or tuning options. With `resolved`, what the environment supplied is written out too.
+fn public_url_of(config: &S3Config, resolved: Option<&Resolved>) -> String {
+    let mut url = format!("s3://{}", config.bucket);
+    if !config.prefix.is_empty() {
+        url.push('/');
+        url.push_str(&config.prefix);
+    }
+    let endpoint = resolved.map_or(config.endpoint.as_ref(), |r| r.endpoint.as_ref());
+    let region = resolved.map_or(config.region.as_ref(), |r| Some(&r.region));
+    let path_style = resolved.map_or(config.path_style, |r| Some(r.path_style));
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(endpoint) = endpoint {
+        query.append_pair("endpoint", endpoint);
+    }
+    if let Some(region) = region {
+        query.append_pair("region", region);
+    }
+    if let Some(path_style) = path_style {
+        query.append_pair("path_style", if path_style { "true" } else { "false" });
+    }
+    if config.anonymous {
+        query.append_pair("anonymous", "true");
+    }
+    let query = query.finish();
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&query);
+    }
+    url
+}
+
+/// `text` with every credential replaced by `***`.
+fn scrub(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(text.to_string(), |t, s| t.replace(s.as_str(), "***"))
+}
+
+/// The S3 error code (`<Code>NoSuchBucket</Code>`) somewhere in an error's text.
+fn s3_error_code(text: &str) -> Option<&str> {
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text.get(start..)?.find("</Code>")?;
+    text.get(start..start + len)
+}
+
+/// Codes that mean the credentials themselves were rejected (as opposed to a missing permission).
+const BAD_CREDENTIAL_CODES: [&str; 5] = [
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AuthorizationHeaderMalformed",
+];
+
+/// The HTTP-level failure kind somewhere in an error's source chain.
+fn http_error_kind(error: &object_store::Error) -> Option<object_store::client::HttpErrorKind> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(http) = e.downcast_ref::<object_store::client::HttpError>() {
+            return Some(http.kind());
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// An error and its sources, joined, as one line.
+fn error_chain_text(error: &object_store::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+impl Shared {
+    fn key(&self, id: &ChunkId) -> String {
+        if self.prefix.is_empty() {
+            id.to_hex()
+        } else {
+            format!("{}/{}", self.prefix, id.to_hex())
+        }
+    }
+
+    fn path(&self, id: &ChunkId) -> ObjectPath {
+        ObjectPath::from(self.key(id))
+    }
+
+    fn bucket_missing(&self) -> StoreError {
+        StoreError::BucketMissing {
+            bucket: self.bucket.clone(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    fn task_failed(&self, error: &tokio::task::JoinError) -> StoreError {
+        StoreError::Protocol {
+            endpoint: self.endpoint.clone(),
+            reason: format!("an S3 request task failed: {error}"),
+        }
+    }
+
+    /// Translates an `object_store` error of `operation` into a [`StoreError`] naming the bucket and
+    /// endpoint, without credentials and without the raw response body.
+    fn error(&self, operation: &'static str, error: object_store::Error) -> StoreError {
+        let text = scrub(&error_chain_text(&error), &self.secrets);
+        let code = s3_error_code(&text).map(str::to_string);
+        if code.as_deref() == Some("NoSuchBucket") {
+            return self.bucket_missing();
+        }
+        let denied = matches!(
+            error,
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+        ) || code
+            .as_deref()
+            .is_some_and(|c| c == "AccessDenied" || BAD_CREDENTIAL_CODES.contains(&c));
+        if denied {
+            let reason = match code.as_deref() {
+                Some(c) if BAD_CREDENTIAL_CODES.contains(&c) => {
+                    format!("{c}: the access key id or secret key is wrong")
+                }
+                Some(c) => c.to_string(),
+                None => "HTTP 403".to_string(),
+            };
+            return StoreError::AccessDenied {
+                bucket: self.bucket.clone(),
+                endpoint: self.endpoint.clone(),
+                operation,
+                reason,
+            };
+        }
+        match http_error_kind(&error) {
+            Some(object_store::client::HttpErrorKind::Timeout) => StoreError::Timeout {
+                endpoint: self.endpoint.clone(),
+                operation: "answer",
+                timeout_ms: self.timeout.as_millis(),
+            },
+            Some(
+                object_store::client::HttpErrorKind::Connect
+                | object_store::client::HttpErrorKind::Request
+                | object_store::client::HttpErrorKind::Interrupted,
+            ) => StoreError::Connection {
+                endpoint: format!("{} (bucket {})", self.endpoint, self.bucket),
+                source: io::Error::new(io::ErrorKind::ConnectionRefused, text),
+            },
+            _ => StoreError::Server {
+                message: match code {
+                    Some(code) => format!(
+                        "S3 {operation} in bucket {} at {} failed: {code}",
+                        self.bucket, self.endpoint
+                    ),
+                    None => format!(
+                        "S3 {operation} in bucket {} at {} failed: {text}",
+                        self.bucket, self.endpoint
+                    ),
+                },
+            },
+        }
+    }
+
+    /// Confirms (once per store) that the bucket exists by listing a key range that is never written:
+    /// an existing bucket answers with an empty list. A refusal for lack of the list permission is
+    /// not an error here (reads may still be allowed); rejected credentials are.
+    async fn ensure_bucket(&self) -> Result<(), StoreError> {
+        self.bucket_exists
+            .get_or_try_init(|| async {
+                let probe = if self.prefix.is_empty() {
+                    ObjectPath::from(BUCKET_PROBE)
+                } else {
+                    ObjectPath::from(format!("{}/{BUCKET_PROBE}", self.prefix))
+                };
+                match self.client.list_with_delimiter(Some(&probe)).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let not_found = matches!(e, object_store::Error::NotFound { .. });
+                        let code = s3_error_code(&error_chain_text(&e)).map(str::to_string);
+                        let credentials_rejected = code
+                            .as_deref()
+                            .is_some_and(|c| BAD_CREDENTIAL_CODES.contains(&c));
+                        match self.error("list", e) {
+                            StoreError::AccessDenied { .. } if !credentials_rejected => Ok(()),
+                            // Some engines answer a LIST of a missing bucket with a bare 404.
+                            _ if not_found => Err(self.bucket_missing()),
+                            other => Err(other),
+                        }
+                    }
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn get(&self, id: ChunkId) -> Result<Option<Bytes>, StoreError> {
+        match self.client.get(&self.path(&id)).await {
+            Ok(found) => found
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| self.error("read", e)),
+            Err(e @ object_store::Error::NotFound { .. }) => {
+                if let StoreError::BucketMissing { .. } = self.error("read", e) {
+                    return Err(self.bucket_missing());
+                }
+                self.ensure_bucket().await?;
+                Ok(None)
+            }
+            Err(e) => Err(self.error("read", e)),
+        }
+    }
+
+    async fn has(&self, id: ChunkId) -> Result<bool, StoreError> {
+        match self.client.head(&self.path(&id)).await {
+            Ok(_) => Ok(true),
+            // HEAD answers carry no body: a 404 may also mean the bucket is missing.
+            Err(object_store::Error::NotFound { .. }) => {
+                self.ensure_bucket().await?;
+                Ok(false)
+            }
+            Err(e) => Err(self.error("existence check", e)),
+        }
+    }
+
+    async fn put(&self, id: ChunkId, data: Bytes) -> Result<(), StoreError> {
+        self.client
+            .put(&self.path(&id), PutPayload::from_bytes(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("write", e))
+    }
+}
+
+impl ChunkStore for S3Store {
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let id = *id;
+        self.run(async move { shared.get(id).await })
+            .map(|found| found.map(|b| b.to_vec()))
+    }
+
+    fn put(&self, id: &ChunkId, data: &[u8]) -> Result<(), StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let id = *id;
+        let data = Bytes::copy_from_slice(data);
+        self.run(async move { shared.put(id, data).await })
+    }
+
+    fn has(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let id = *id;
+        self.run(async move { shared.has(id).await })
+    }
+
+    fn get_many(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let found = self.run_many(ids, |shared, id| async move { shared.get(id).await })?;
+        Ok(found
+            .into_iter()
+            .map(|value| value.map(|b| b.to_vec()))
+            .collect())
+    }
+
+    fn get_each(&self, ids: &[ChunkId], deliver: &mut DeliverFn<'_>) -> Result<(), StoreError> {
+        // A producer on the runtime keeps `parallel` GETs in flight and hands the results over in
+        // order through a bounded channel; this thread delivers them as they come.
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(self.parallel);
+        let shared = Arc::clone(&self.shared);
+        let parallel = self.parallel;
+        let ids_owned = ids.to_vec();
+        let producer = self.handle.spawn(async move {
+            let mut results = stream::iter(ids_owned)
+                .map(|id| {
+                    tokio::spawn({
+                        let shared = Arc::clone(&shared);
+                        async move { shared.get(id).await }
+                    })
+                })
+                .buffered(parallel);
+            while let Some(joined) = results.next().await {
+                let result = joined.map_err(|e| shared.task_failed(&e)).and_then(|r| r);
+                let failed = result.is_err();
+                if sender.send(result).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let mut delivered = 0;
+        let outcome = loop {
+            match futures::executor::block_on(receiver.recv()) {
+                Some(Ok(value)) => {
+                    if let Err(e) = deliver(delivered, value.as_deref()) {
+                        break Err(e);
+                    }
+                    delivered += 1;
+                }
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        drop(receiver);
+        if outcome.is_ok() && delivered != ids.len() {
+            return Err(StoreError::Protocol {
+                endpoint: self.shared.endpoint.clone(),
+                reason: format!(
+                    "the S3 fetch stopped after {delivered} of {} objects",
+                    ids.len()
+                ),
+            });
+        }
+        if outcome.is_err() {
+            producer.abort();
+        }
+        outcome
+    }
+
+    fn has_many(&self, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
+        self.run_many(ids, |shared, id| async move { shared.has(id).await })
+    }
+
+    fn put_many(&self, items: &[(ChunkId, &[u8])]) -> Result<(), StoreError> {
+        let owned: Vec<(ChunkId, Bytes)> = items
+            .iter()
+            .map(|(id, data)| (*id, Bytes::copy_from_slice(data)))
+            .collect();
+        let shared = Arc::clone(&self.shared);
+        let parallel = self.parallel;
+        self.run(async move {
+            stream::iter(owned)
+                .map(|(id, data)| {
+                    tokio::spawn({
+                        let shared = Arc::clone(&shared);
+                        async move { shared.put(id, data).await }
+                    })
+                })
+                .buffer_unordered(parallel)
+                .map(|joined| joined.map_err(|e| shared.task_failed(&e))?)
+                .try_collect::<Vec<()>>()
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn public_url(&self) -> String {
+        self.public_url.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<S3Config, String> {
+        S3Config::parse(&Url::parse(url).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn parses_bucket_prefix_and_options() {
+        let c = parse(
+            "s3://chunks.example/images/v1/?endpoint=http://127.0.0.1:8333/&region=eu-west-1\
+             &path_style=false&access_key_id=AK&secret_access_key=S%2Fx&session_token=T\
+             &timeout_ms=1500&connect_timeout_ms=200&retries=0&parallel=8",
+        )
+        .unwrap();
+        assert_eq!(c.bucket, "chunks.example");
+        assert_eq!(c.prefix, "images/v1");
+        assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+        assert_eq!(c.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(c.path_style, Some(false));
+        assert_eq!(c.access_key_id.as_deref(), Some("AK"));
+        assert_eq!(c.secret_access_key.as_deref(), Some("S/x"));
+        assert_eq!(c.session_token.as_deref(), Some("T"));
+        assert_eq!(c.timeout, Duration::from_millis(1500));
+        assert_eq!(c.connect_timeout, Duration::from_millis(200));
+        assert_eq!(c.retries, 0);
+        assert_eq!(c.parallel, 8);
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("S/x") && !debug.contains("\"AK\""),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("s3://bucket").unwrap();
+        assert_eq!(c, S3Config::new("bucket"));
+        assert_eq!(c.parallel, DEFAULT_PARALLEL);
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        for bad in [
+            "s3://",
+            "s3://B",
+            "s3://ab",
+            "s3://-bucket",
+            "s3://bucket_x",
+            "s3://key:secret@bucket",
+            "s3://bucket:9000",
+            "s3://bucket?endpoint=ftp://x",
+            "s3://bucket?endpoint=notaurl",
+            "s3://bucket?access_key_id=a",
+            "s3://bucket?bogus=1",
+            "s3://bucket?parallel=0",
+            "s3://bucket?path_style=maybe",
+            "s3://bucket/a//b",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn public_url_keeps_location_and_drops_credentials() {
+        let c = parse(
+            "s3://bucket/p?endpoint=http://h:1&region=r&access_key_id=AK&secret_access_key=SK&parallel=4",
+        )
+        .unwrap();
+        let url = public_url_of(&c, None);
+        assert_eq!(url, "s3://bucket/p?endpoint=http%3A%2F%2Fh%3A1&region=r");
+        let reparsed = parse(&url).unwrap();
+        assert_eq!(reparsed.endpoint.as_deref(), Some("http://h:1"));
+        assert_eq!(reparsed.region.as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn virtual_hosted_endpoint_puts_the_bucket_in_the_host() {
+        let mut c = parse("s3://bucket?endpoint=http://s3.local:9000&path_style=false").unwrap();
+        c.access_key_id = Some("a".into());
+        c.secret_access_key = Some("b".into());
+        let r = Resolved::from(&c).unwrap();
+        assert_eq!(
+            r.bucket_endpoint("bucket").as_deref(),
+            Some("http://bucket.s3.local:9000")
+        );
+        let c = parse("s3://bucket?endpoint=http://s3.local:9000").unwrap();
+        let r = Resolved::from(&c).unwrap();
+        assert!(r.path_style);
+        assert_eq!(
+            r.bucket_endpoint("bucket").as_deref(),
+            Some("http://s3.local:9000")
+        );
+    }
+
+    #[test]
+    fn error_codes_are_found_and_secrets_scrubbed() {
+        let body =
+            "Server returned non-2xx status code: 403: <Error><Code>SignatureDoesNotMatch</Code>\
+                    <AWSAccessKeyId>AKID</AWSAccessKeyId></Error>";
+        assert_eq!(s3_error_code(body), Some("SignatureDoesNotMatch"));
+        assert_eq!(s3_error_code("no code"), None);
+        let scrubbed = scrub(body, &["AKID".to_string()]);
+        assert!(!scrubbed.contains("AKID"));
+    }
+}
