@@ -145,6 +145,8 @@ pub struct BlockFile<B: BaseReader> {
     data_path: PathBuf,
     map_path: PathBuf,
     map: BlockMap,
+    /// Whether the map changed since it was last made durable.
+    dirty: bool,
 }
 
 impl<B: BaseReader> BlockFile<B> {
@@ -197,6 +199,7 @@ impl<B: BaseReader> BlockFile<B> {
             data_path: data_path.to_path_buf(),
             map_path: map_path.to_path_buf(),
             map,
+            dirty: false,
         })
     }
 
@@ -213,6 +216,11 @@ impl<B: BaseReader> BlockFile<B> {
     /// Number of blocks held locally.
     pub fn local_blocks(&self) -> u64 {
         self.map.local_blocks()
+    }
+
+    /// Whether writes or truncates happened since the last [`BlockFile::sync`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
     }
 
     fn bs(&self) -> u64 {
@@ -269,6 +277,9 @@ impl<B: BaseReader> BlockFile<B> {
 
     /// Writes `data` at `offset`, extending the file if needed. A block touched only partly is first
     /// filled from the base (read-modify-write), so a local block always holds the whole block.
+    ///
+    /// On an error (e.g. ENOSPC) the blocks written completely before it stay local, the failing block
+    /// stays as it was in the map, and the size grows only up to what was really written.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let end = offset.saturating_add(data.len() as u64);
         if end > self.map.size {
@@ -276,12 +287,24 @@ impl<B: BaseReader> BlockFile<B> {
                 .set_len(end)
                 .map_err(io_err("extend layer data", &self.data_path))?;
         }
+        self.dirty = true;
         let mut done = 0usize;
-        while done < data.len() {
-            let pos = offset + done as u64;
+        let result = self.write_blocks(offset, data, &mut done);
+        let written_end = offset + done as u64;
+        self.map.size = self.map.size.max(written_end);
+        if result.is_err() && end > self.map.size {
+            // Give back the length claimed for bytes that were not written.
+            let _ = self.data.set_len(self.map.size);
+        }
+        result
+    }
+
+    fn write_blocks(&mut self, offset: u64, data: &[u8], done: &mut usize) -> Result<()> {
+        while *done < data.len() {
+            let pos = offset + *done as u64;
             let block = pos / self.bs();
             let block_start = block * self.bs();
-            let n = (((block + 1) * self.bs() - pos) as usize).min(data.len() - done);
+            let n = (((block + 1) * self.bs() - pos) as usize).min(data.len() - *done);
             let whole = pos == block_start && n as u64 == self.bs();
             if !self.map.is_local(block) && !whole {
                 let fill_len = self.bs().min(self.map.size.saturating_sub(block_start)) as usize;
@@ -292,12 +315,11 @@ impl<B: BaseReader> BlockFile<B> {
                     .map_err(io_err("fill layer block", &self.data_path))?;
             }
             self.data
-                .write_all_at(&data[done..done + n], pos)
+                .write_all_at(&data[*done..*done + n], pos)
                 .map_err(io_err("write layer data", &self.data_path))?;
             self.map.set_local(block, true);
-            done += n;
+            *done += n;
         }
-        self.map.size = self.map.size.max(end);
         Ok(())
     }
 
@@ -316,6 +338,7 @@ impl<B: BaseReader> BlockFile<B> {
             .set_len(new_size)
             .map_err(io_err("truncate layer data", &self.data_path))?;
         self.map.size = new_size;
+        self.dirty = true;
         Ok(())
     }
 
@@ -335,6 +358,7 @@ impl<B: BaseReader> BlockFile<B> {
                 .and_then(|d| d.sync_all())
                 .map_err(io_err("fsync", dir))?;
         }
+        self.dirty = false;
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
-//! Write layers: a node's own writes kept apart from the read-only base (kernel overlayfs now; block-level
-//! copy-on-write later), plus a POSIX behaviour suite that every layer kind is measured against.
+//! Write layers: a node's own writes kept apart from the read-only base (kernel overlayfs, and block-level
+//! copy-on-write in thinnode's own writable FUSE filesystem), plus a POSIX behaviour suite that every
+//! layer kind is measured against.
 //!
 //! A layer lives in one directory. Its kind and options are recorded in `DIR/layer.json` so that any tool
 //! (`thinnode layer du|reset`, the mount daemon) can recognise the layer and mount it the same way again.
@@ -10,12 +11,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod blockfs;
 pub mod blocks;
 pub mod overlay;
 pub mod posix_suite;
 pub mod stack;
 mod usage;
 
+pub use blockfs::{BlocksLayer, BlocksMount, BlocksOptions};
 pub use overlay::{OverlayLayer, OverlayOptions};
 pub use stack::LayeredMount;
 pub use usage::LayerUsage;
@@ -113,7 +116,7 @@ pub(crate) fn io_err<'a>(
 pub enum LayerKind {
     /// Kernel overlayfs: the read-only mount is the lower dir, `DIR/upper` and `DIR/work` hold the writes.
     Overlay,
-    /// Block-level copy-on-write inside thinnode's own FUSE filesystem (recognised; built later).
+    /// Block-level copy-on-write inside thinnode's own writable FUSE filesystem (`DIR/tree`, `DIR/maps`).
     Blocks,
 }
 
@@ -136,6 +139,9 @@ pub struct LayerMetadata {
     /// Options of an overlay layer (present iff `kind` is overlay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<OverlayOptions>,
+    /// Options of a blocks layer (present iff `kind` is blocks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<BlocksOptions>,
 }
 
 impl LayerMetadata {
@@ -189,7 +195,7 @@ pub fn du(dir: &Path) -> Result<LayerUsage> {
     let meta = LayerMetadata::read(dir)?;
     match meta.kind {
         LayerKind::Overlay => OverlayLayer::open(dir)?.du(),
-        LayerKind::Blocks => Err(Error::UnsupportedKind(LayerKind::Blocks)),
+        LayerKind::Blocks => BlocksLayer::open(dir)?.du(),
     }
 }
 
@@ -198,6 +204,6 @@ pub fn reset(dir: &Path) -> Result<()> {
     let meta = LayerMetadata::read(dir)?;
     match meta.kind {
         LayerKind::Overlay => OverlayLayer::open(dir)?.reset(),
-        LayerKind::Blocks => Err(Error::UnsupportedKind(LayerKind::Blocks)),
+        LayerKind::Blocks => BlocksLayer::open(dir)?.reset(),
     }
 }

@@ -86,6 +86,7 @@ impl OverlayLayer {
             version: METADATA_VERSION,
             kind: LayerKind::Overlay,
             overlay: Some(options.clone()),
+            blocks: None,
         }
         .write(&dir)?;
         Ok(OverlayLayer { dir, options })

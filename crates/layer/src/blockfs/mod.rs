@@ -1,0 +1,492 @@
+//! The `blocks` layer: a writable FUSE filesystem that presents a read-only lower directory (in
+//! production thinnode's FUSE mount of the image) merged with the node's own writes, where a write to a
+//! base file stores only the blocks it touches (see [`crate::blocks`]).
+//!
+//! Layer directory:
+//!
+//! ```text
+//! DIR/layer.json   {"version": 1, "kind": "blocks", "blocks": {"block_size": 4096}}
+//! DIR/tree/        the merged namespace as a real directory tree, materialised lazily per directory
+//! DIR/maps/<ino>   block map of the base-backed tree file whose st_ino is <ino>
+//! ```
+//!
+//! A tree directory not yet materialised carries the xattr `trusted.thinnode.lower` naming its lower
+//! directory; its first use creates the lower entries in the tree (regular files as sparse files of the
+//! base size marked with `trusted.thinnode.base`), then drops the marker. From then on the tree is the
+//! truth: unlink, rename, link, chmod ... are plain operations on it, and a renamed directory that was
+//! never materialised keeps its marker, so it still shows its base entries.
+
+mod fs;
+mod tree;
+
+use std::fs as stdfs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use serde::{Deserialize, Serialize};
+
+use crate::blocks::DEFAULT_BLOCK_SIZE;
+use crate::usage::{self, LayerUsage};
+use crate::{io_err, Error, LayerKind, LayerMetadata, Result, METADATA_FILE, METADATA_VERSION};
+
+/// Name of the merged tree inside a blocks layer directory.
+pub const TREE_DIR: &str = "tree";
+/// Name of the block-map directory inside a blocks layer directory.
+pub const MAPS_DIR: &str = "maps";
+/// Prefix of the FUSE source name (`thinnode-blocks:<layer dir>`), used to find the layer's mounts.
+pub const FSNAME_PREFIX: &str = "thinnode-blocks:";
+
+/// FUSE worker threads serving one mount.
+const FUSE_THREADS: usize = 4;
+/// How long [`BlocksLayer::mount`] waits for the kernel to answer on the new mount.
+const MOUNT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`BlocksMount::unmount`] waits for the session to end after the unmount.
+const SESSION_END_GRACE: Duration = Duration::from_secs(10);
+
+/// Options of a blocks layer, recorded in `layer.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlocksOptions {
+    /// Size of the blocks a base file is copied up in (bytes, > 0).
+    pub block_size: u32,
+}
+
+impl Default for BlocksOptions {
+    /// [`DEFAULT_BLOCK_SIZE`] (4 KiB, measured on ParityDB).
+    fn default() -> Self {
+        BlocksOptions {
+            block_size: DEFAULT_BLOCK_SIZE,
+        }
+    }
+}
+
+/// A blocks layer directory: `DIR/layer.json`, `DIR/tree`, `DIR/maps`.
+#[derive(Debug, Clone)]
+pub struct BlocksLayer {
+    dir: PathBuf,
+    options: BlocksOptions,
+}
+
+impl BlocksLayer {
+    /// Creates a blocks layer in `dir` (created if missing; must not already hold a layer).
+    pub fn create(dir: &Path, options: BlocksOptions) -> Result<BlocksLayer> {
+        if options.block_size == 0 {
+            return Err(Error::BadMetadata {
+                path: dir.join(METADATA_FILE),
+                reason: "block size 0".into(),
+            });
+        }
+        stdfs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        match LayerMetadata::read(dir) {
+            Err(Error::NotALayer(_)) => {}
+            Ok(meta) => {
+                return Err(Error::BadMetadata {
+                    path: dir.join(METADATA_FILE),
+                    reason: format!("a {} layer already exists here", meta.kind),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+        let dir = stdfs::canonicalize(dir).map_err(io_err("resolve", dir))?;
+        let layer = BlocksLayer { dir, options };
+        layer.make_empty_tree()?;
+        LayerMetadata {
+            version: METADATA_VERSION,
+            kind: LayerKind::Blocks,
+            overlay: None,
+            blocks: Some(options),
+        }
+        .write(&layer.dir)?;
+        Ok(layer)
+    }
+
+    /// Opens the existing blocks layer in `dir`.
+    pub fn open(dir: &Path) -> Result<BlocksLayer> {
+        let meta = LayerMetadata::read(dir)?;
+        if meta.kind != LayerKind::Blocks {
+            return Err(Error::WrongKind {
+                path: dir.to_path_buf(),
+                found: meta.kind,
+                wanted: LayerKind::Blocks,
+            });
+        }
+        let options = meta.blocks.unwrap_or_default();
+        if options.block_size == 0 {
+            return Err(Error::BadMetadata {
+                path: dir.join(METADATA_FILE),
+                reason: "block size 0".into(),
+            });
+        }
+        let dir = stdfs::canonicalize(dir).map_err(io_err("resolve", dir))?;
+        Ok(BlocksLayer { dir, options })
+    }
+
+    /// Opens the blocks layer in `dir`, creating it with `options` if the directory holds no layer.
+    pub fn open_or_create(dir: &Path, options: BlocksOptions) -> Result<BlocksLayer> {
+        match BlocksLayer::open(dir) {
+            Err(Error::NotALayer(_)) => BlocksLayer::create(dir, options),
+            other => other,
+        }
+    }
+
+    /// The layer directory (absolute).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The options recorded with the layer.
+    pub fn options(&self) -> BlocksOptions {
+        self.options
+    }
+
+    /// The merged tree (`DIR/tree`).
+    pub fn tree_dir(&self) -> PathBuf {
+        self.dir.join(TREE_DIR)
+    }
+
+    /// The block maps (`DIR/maps`).
+    pub fn maps_dir(&self) -> PathBuf {
+        self.dir.join(MAPS_DIR)
+    }
+
+    /// The FUSE source name of this layer's mounts.
+    fn fsname(&self) -> String {
+        format!("{FSNAME_PREFIX}{}", self.dir.display())
+    }
+
+    /// Where this layer is currently mounted (from /proc/self/mountinfo).
+    pub fn mount_points(&self) -> Result<Vec<PathBuf>> {
+        let path = Path::new("/proc/self/mountinfo");
+        let text = stdfs::read_to_string(path).map_err(io_err("read", path))?;
+        Ok(fuse_mounts_with_source(&text, &self.fsname()))
+    }
+
+    /// Mounts lower+layer at `target`; the FUSE session runs on threads of this process; returns once
+    /// the mount answers. Refused while the layer is mounted elsewhere.
+    pub fn mount(&self, lower: &Path, target: &Path) -> Result<BlocksMount> {
+        let lower = stdfs::canonicalize(lower).map_err(io_err("resolve lower dir", lower))?;
+        let target = stdfs::canonicalize(target).map_err(io_err("resolve mount target", target))?;
+        for (what, p) in [("lower", &lower), ("target", &target)] {
+            let meta = stdfs::metadata(p).map_err(io_err("stat", p))?;
+            if !meta.is_dir() {
+                return Err(Error::MountPrecondition(format!(
+                    "{what} {} is not a directory",
+                    p.display()
+                )));
+            }
+        }
+        if lower.starts_with(&self.dir) || self.dir.starts_with(&lower) {
+            return Err(Error::MountPrecondition(format!(
+                "layer dir {} and lower dir {} must not contain each other",
+                self.dir.display(),
+                lower.display()
+            )));
+        }
+        if target.starts_with(&self.dir) {
+            return Err(Error::MountPrecondition(format!(
+                "mount target {} is inside the layer dir {}",
+                target.display(),
+                self.dir.display()
+            )));
+        }
+        let mounts = self.mount_points()?;
+        if !mounts.is_empty() {
+            return Err(Error::Mounted {
+                layer: self.dir.clone(),
+                mounts,
+            });
+        }
+        let maps = self.maps_dir();
+        stdfs::create_dir_all(&maps).map_err(io_err("create directory", &maps))?;
+        let state = Arc::new(fs::LayerState::open(
+            &self.tree_dir(),
+            &maps,
+            &lower,
+            self.options.block_size,
+        )?);
+        let filesystem = fs::BlocksFs::new(Arc::clone(&state));
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName(self.fsname()),
+            MountOption::Subtype("thinnode-blocks".into()),
+            MountOption::DefaultPermissions,
+            MountOption::RW,
+            MountOption::Dev,
+            MountOption::Suid,
+        ];
+        config.acl = SessionACL::All;
+        config.n_threads = Some(FUSE_THREADS);
+        config.clone_fd = true;
+        let mut session =
+            Session::new(filesystem, &target, &config).map_err(io_err("mount FUSE at", &target))?;
+        let unmounter = session.unmount_callable();
+        let handle = std::thread::Builder::new()
+            .name("blocks-fuse".into())
+            .spawn(move || session.run())
+            .map_err(io_err("start the FUSE session for", &target))?;
+        let mut mount = BlocksMount {
+            target,
+            unmounter,
+            session: Some(handle),
+            state,
+        };
+        if let Err(e) = mount.wait_ready(MOUNT_READY_TIMEOUT) {
+            let _ = mount.stop();
+            return Err(e);
+        }
+        Ok(mount)
+    }
+
+    /// Bytes the layer really holds: allocated blocks of `tree/` (sparse base files count only the
+    /// blocks written) and `maps/`; apparent sizes are reported apart.
+    pub fn du(&self) -> Result<LayerUsage> {
+        let mut roots = vec![self.tree_dir()];
+        if self.maps_dir().exists() {
+            roots.push(self.maps_dir());
+        }
+        usage::measure(&roots)
+    }
+
+    /// Drops every change in the layer (the tree goes back to the lower's content). Refused while
+    /// mounted.
+    pub fn reset(&self) -> Result<()> {
+        let mounts = self.mount_points()?;
+        if !mounts.is_empty() {
+            return Err(Error::Mounted {
+                layer: self.dir.clone(),
+                mounts,
+            });
+        }
+        for sub in [self.tree_dir(), self.maps_dir()] {
+            match stdfs::remove_dir_all(&sub) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &sub)(e)),
+            }
+        }
+        self.make_empty_tree()
+    }
+
+    /// Creates `tree/` (marked to show the lower's root) and `maps/`, durably.
+    fn make_empty_tree(&self) -> Result<()> {
+        let tree = self.tree_dir();
+        let maps = self.maps_dir();
+        stdfs::create_dir_all(&maps).map_err(io_err("create directory", &maps))?;
+        let tmp = self.dir.join("tree.tmp");
+        match stdfs::remove_dir_all(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &tmp)(e)),
+        }
+        stdfs::create_dir(&tmp).map_err(io_err("create directory", &tmp))?;
+        tree::set_lower_marker(&tmp, Path::new(tree::LOWER_ROOT)).map_err(io_err(
+            "set the lower-directory marker (needs root: trusted.* xattrs) on",
+            &tmp,
+        ))?;
+        stdfs::rename(&tmp, &tree).map_err(io_err("rename", &tmp))?;
+        stdfs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync", &self.dir))
+    }
+}
+
+/// A mounted blocks layer served by threads of this process.
+pub struct BlocksMount {
+    target: PathBuf,
+    unmounter: SessionUnmounter,
+    session: Option<JoinHandle<io::Result<()>>>,
+    state: Arc<fs::LayerState>,
+}
+
+impl std::fmt::Debug for BlocksMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlocksMount")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlocksMount {
+    /// The mount point (absolute).
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Whether the FUSE session still serves the mount (false once unmounted from outside, e.g. by
+    /// `umount`).
+    pub fn is_running(&self) -> bool {
+        self.session.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// Makes every open file's writes and block map durable, without unmounting.
+    pub fn sync(&self) -> Result<()> {
+        self.state.sync_all()
+    }
+
+    /// Flushes every open file's map, unmounts, and waits for the FUSE session to end.
+    pub fn unmount(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let parent = self.target.parent().unwrap_or(Path::new("/"));
+        let parent_dev = std::os::unix::fs::MetadataExt::dev(
+            &stdfs::metadata(parent).map_err(io_err("stat", parent))?,
+        );
+        let start = Instant::now();
+        loop {
+            if let Ok(m) = stdfs::metadata(&self.target) {
+                if std::os::unix::fs::MetadataExt::dev(&m) != parent_dev {
+                    return Ok(());
+                }
+            }
+            if !self.is_running() {
+                return Err(Error::MountPrecondition(format!(
+                    "the FUSE session for {} ended before the mount answered",
+                    self.target.display()
+                )));
+            }
+            if start.elapsed() > timeout {
+                return Err(Error::MountPrecondition(format!(
+                    "the mount at {} did not answer within {timeout:?}",
+                    self.target.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let mut result = self.state.sync_all();
+        if let Some(handle) = self.session.take() {
+            if !handle.is_finished() {
+                if let Err(e) = self.unmounter.unmount() {
+                    tracing::warn!("unmount {}: {e}; detaching", self.target.display());
+                    if let Err(errno) =
+                        nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH)
+                    {
+                        result = result.and(Err(Error::Syscall {
+                            syscall: "umount",
+                            target: self.target.clone(),
+                            errno,
+                            explanation: "lazy unmount of a busy mount failed".into(),
+                        }));
+                    }
+                }
+            }
+            let start = Instant::now();
+            while !handle.is_finished() && start.elapsed() < SESSION_END_GRACE {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if handle.is_finished() {
+                match handle.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!("FUSE session ended with: {e}"),
+                    Err(_) => tracing::error!("FUSE session thread panicked"),
+                }
+            } else {
+                tracing::warn!(
+                    "{}: files are still open on the detached mount",
+                    self.target.display()
+                );
+            }
+        }
+        // Files released while unmounting were synced on release; this catches the rest.
+        result.and(self.state.sync_all())
+    }
+}
+
+impl Drop for BlocksMount {
+    fn drop(&mut self) {
+        if self.session.is_some() {
+            if let Err(e) = self.stop() {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// Decodes the octal escapes (`\040` etc.) the kernel uses in /proc mount files.
+fn unescape_mount_field(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| b == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match octal {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mount points of FUSE mounts in `mountinfo` whose source is `source`.
+fn fuse_mounts_with_source(mountinfo: &str, source: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(mount_point), Some(fstype), Some(src)) =
+            (fields.get(4), fields.get(sep + 1), fields.get(sep + 2))
+        else {
+            continue;
+        };
+        if (*fstype == "fuse" || fstype.starts_with("fuse.")) && unescape_mount_field(src) == source
+        {
+            found.push(PathBuf::from(unescape_mount_field(mount_point)));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_are_matched_by_source() {
+        let text = "\
+36 25 0:32 / /mnt/a\\040b rw,relatime - fuse.thinnode-blocks thinnode-blocks:/x/l\\040y rw,user_id=0
+37 25 0:33 / /mnt/c rw - fuse.thinnode-blocks thinnode-blocks:/other rw
+38 25 0:34 / /mnt/d rw - ext4 thinnode-blocks:/x/l\\040y rw
+garbage line";
+        assert_eq!(
+            fuse_mounts_with_source(text, "thinnode-blocks:/x/l y"),
+            vec![PathBuf::from("/mnt/a b")]
+        );
+        assert!(fuse_mounts_with_source(text, "thinnode-blocks:/nope").is_empty());
+    }
+
+    #[test]
+    fn options_default_to_the_measured_block_size() {
+        assert_eq!(BlocksOptions::default().block_size, DEFAULT_BLOCK_SIZE);
+        let meta: LayerMetadata =
+            serde_json::from_str(r#"{"version":1,"kind":"blocks","blocks":{"block_size":8192}}"#)
+                .expect("parse");
+        assert_eq!(meta.blocks, Some(BlocksOptions { block_size: 8192 }));
+        let text = serde_json::to_string(&LayerMetadata {
+            version: 1,
+            kind: LayerKind::Overlay,
+            overlay: None,
+            blocks: None,
+        })
+        .expect("serialize");
+        assert!(!text.contains("blocks\":"), "{text}");
+    }
+}

@@ -1,0 +1,189 @@
+//! The blocks layer through the real FUSE kernel interface: the POSIX suite over a plain lower
+//! directory, persistence across unmount/remount, `du`/`reset`, and a base write storing only blocks.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use layer::posix_suite::{self, pattern};
+use layer::{BlocksLayer, BlocksOptions, Error};
+use testkit::fuse_available;
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    lower: std::path::PathBuf,
+    layer_dir: std::path::PathBuf,
+    mnt: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let lower = tmp.path().join("lower");
+    let layer_dir = tmp.path().join("layer");
+    let mnt = tmp.path().join("mnt");
+    for d in [&lower, &mnt] {
+        fs::create_dir_all(d).expect("mkdir");
+    }
+    Setup {
+        lower,
+        layer_dir,
+        mnt,
+        _tmp: tmp,
+    }
+}
+
+/// Every file under `dir` with its content, sorted (to compare trees).
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("readdir") {
+            let e = e.expect("entry");
+            let m = fs::symlink_metadata(e.path()).expect("lstat");
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .expect("prefix")
+                .display()
+                .to_string();
+            if m.is_dir() {
+                out.push((rel + "/", Vec::new()));
+                stack.push(e.path());
+            } else if m.file_type().is_symlink() {
+                let t = fs::read_link(e.path()).expect("readlink");
+                out.push((rel, t.as_os_str().as_encoded_bytes().to_vec()));
+            } else {
+                out.push((rel, fs::read(e.path()).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn posix_suite_passes_on_a_blocks_mount() {
+    if !fuse_available("posix_suite_passes_on_a_blocks_mount") {
+        return;
+    }
+    let s = setup();
+    posix_suite::prepare_base(&s.lower).expect("prepare base");
+    let before = snapshot(&s.lower);
+    let layer = BlocksLayer::create(&s.layer_dir, BlocksOptions::default()).expect("create");
+    let mounted = layer.mount(&s.lower, &s.mnt).expect("mount");
+    let outcomes = posix_suite::run(&s.mnt);
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().err().map(|e| format!("{}: {e}", o.name)))
+        .collect();
+    let merged = snapshot(&s.mnt);
+    mounted.unmount().expect("unmount");
+    assert!(failures.is_empty(), "failed checks: {failures:#?}");
+    assert!(snapshot(&s.lower) == before, "the lower directory changed");
+
+    // Everything the suite left behind is there again after a remount.
+    let mounted = layer.mount(&s.lower, &s.mnt).expect("remount");
+    let again = snapshot(&s.mnt);
+    mounted.unmount().expect("unmount");
+    assert_eq!(
+        merged.iter().map(|e| &e.0).collect::<Vec<_>>(),
+        again.iter().map(|e| &e.0).collect::<Vec<_>>()
+    );
+    assert!(merged == again, "contents differ after remount");
+
+    // du counts the layer, reset drops it.
+    let usage = layer.du().expect("du");
+    assert!(usage.files > 0 && usage.allocated_bytes > 0, "{usage:?}");
+    layer::reset(&s.layer_dir).expect("reset");
+    let mounted = layer.mount(&s.lower, &s.mnt).expect("mount after reset");
+    let fresh = snapshot(&s.mnt);
+    mounted.unmount().expect("unmount");
+    assert!(
+        fresh == before,
+        "after reset the mount must show the lower tree"
+    );
+}
+
+#[test]
+fn renames_links_and_deletions_persist_across_remount() {
+    if !fuse_available("renames_links_and_deletions_persist_across_remount") {
+        return;
+    }
+    let s = setup();
+    fs::create_dir_all(s.lower.join("d/e")).expect("mkdir");
+    fs::write(s.lower.join("d/e/f"), pattern(1, 50_000)).expect("write");
+    fs::write(s.lower.join("a"), pattern(2, 10_000)).expect("write");
+    fs::write(s.lower.join("gone"), b"x").expect("write");
+    let layer = BlocksLayer::create(&s.layer_dir, BlocksOptions::default()).expect("create");
+    let m = layer.mount(&s.lower, &s.mnt).expect("mount");
+    assert!(matches!(layer.reset(), Err(Error::Mounted { .. })));
+    assert!(matches!(
+        layer.mount(&s.lower, &s.mnt),
+        Err(Error::Mounted { .. })
+    ));
+    // A base directory renamed before it was ever listed keeps showing its base entries.
+    fs::rename(s.mnt.join("d"), s.mnt.join("moved")).expect("rename dir");
+    fs::remove_file(s.mnt.join("gone")).expect("unlink");
+    fs::hard_link(s.mnt.join("a"), s.mnt.join("a2")).expect("link");
+    OpenOptions::new()
+        .write(true)
+        .open(s.mnt.join("a2"))
+        .expect("open")
+        .write_all_at(b"HELLO", 5000)
+        .expect("write");
+    fs::write(s.mnt.join("moved/new"), b"new file").expect("create");
+    m.unmount().expect("unmount");
+
+    let m = layer.mount(&s.lower, &s.mnt).expect("remount");
+    let mut a = pattern(2, 10_000);
+    a[5000..5005].copy_from_slice(b"HELLO");
+    assert!(fs::read(s.mnt.join("a")).expect("read a") == a);
+    assert_eq!(
+        fs::metadata(s.mnt.join("a")).expect("stat").ino(),
+        fs::metadata(s.mnt.join("a2")).expect("stat").ino()
+    );
+    assert!(fs::read(s.mnt.join("moved/e/f")).expect("read") == pattern(1, 50_000));
+    assert_eq!(
+        fs::read(s.mnt.join("moved/new")).expect("read"),
+        b"new file"
+    );
+    assert!(!s.mnt.join("d").exists());
+    assert!(!s.mnt.join("gone").exists());
+    m.unmount().expect("unmount");
+    assert!(s.lower.join("gone").exists() && s.lower.join("d/e/f").exists());
+}
+
+#[test]
+fn a_write_into_a_large_base_file_stores_only_its_blocks() {
+    if !fuse_available("a_write_into_a_large_base_file_stores_only_its_blocks") {
+        return;
+    }
+    let s = setup();
+    let size = 64 << 20;
+    let base = pattern(7, size);
+    fs::write(s.lower.join("big"), &base).expect("write base");
+    let layer = BlocksLayer::create(&s.layer_dir, BlocksOptions::default()).expect("create");
+    let m = layer.mount(&s.lower, &s.mnt).expect("mount");
+    let patch = pattern(8, 8192);
+    let at = 32 << 20;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(s.mnt.join("big"))
+        .expect("open rw");
+    f.write_all_at(&patch, at as u64).expect("write");
+    f.sync_all().expect("fsync");
+    drop(f);
+    let mut want = base.clone();
+    want[at..at + patch.len()].copy_from_slice(&patch);
+    assert!(fs::read(s.mnt.join("big")).expect("read") == want);
+    m.unmount().expect("unmount");
+    let usage = layer.du().expect("du");
+    eprintln!("layer after an 8 KiB write into a 64 MiB base file: {usage:?}");
+    assert!(
+        usage.allocated_bytes < 64 * 1024,
+        "layer holds {} bytes",
+        usage.allocated_bytes
+    );
+    assert!(fs::read(s.lower.join("big")).expect("read lower") == base);
+}
