@@ -39,6 +39,10 @@ enum Command {
     ServeStore(cmd::serve_store::Args),
     /// Copy an image's chunks to another store, or repair a dispersed store.
     Store(cmd::store::Args),
+    /// Turn a stopped node's data directory into a base image (refusing node secrets).
+    Base(cmd::base::Args),
+    /// Provision and run nodes from a base image: create, start, stop, ls, logs, reset, promote, rm.
+    Node(cmd::node::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Layer(a) => cmd::layer::run(a),
         Command::ServeStore(a) => cmd::serve_store::run(a),
         Command::Store(a) => cmd::store::run(a),
+        Command::Base(a) => cmd::base::run(a),
+        Command::Node(a) => cmd::node::run(a),
     }
 }

@@ -1,10 +1,12 @@
 //! One module per command; each exposes `Args` (clap) and `run`.
 
+pub mod base;
 pub mod hydrate;
 pub mod inspect;
 pub mod key;
 pub mod layer;
 pub mod mount;
+pub mod node;
 pub mod pack;
 pub mod serve_store;
 pub mod store;

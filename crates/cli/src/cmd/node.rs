@@ -1,0 +1,401 @@
+//! `thinnode node`: provision and run blockchain nodes from a base image (create, start, stop, ls, logs,
+//! reset, promote, rm), each with its own write layer, identity, ports, logs and supervisor.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use node::state::{RestartPolicy, StateDir, DEFAULT_STATE_DIR, STATE_DIR_ENV};
+
+/// Arguments of `thinnode node`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where node state lives (records, layers, data directories, logs).
+    #[arg(long, env = STATE_DIR_ENV, default_value = DEFAULT_STATE_DIR, global = true)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum LayerKindArg {
+    /// Block-level copy-on-write (only written blocks are kept; needed for ParityDB).
+    Blocks,
+    /// Kernel overlayfs (whole files copied up on first write; good for RocksDB/LevelDB).
+    Overlay,
+}
+
+impl From<LayerKindArg> for layer::LayerKind {
+    fn from(k: LayerKindArg) -> Self {
+        match k {
+            LayerKindArg::Blocks => layer::LayerKind::Blocks,
+            LayerKindArg::Overlay => layer::LayerKind::Overlay,
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
+enum NodeCommand {
+    /// Create a node from a base image: its write layer and its own network identity.
+    Create {
+        /// The node's name.
+        name: String,
+        /// The base image.
+        #[arg(long)]
+        image: PathBuf,
+        /// The write layer kind.
+        #[arg(long, value_enum, default_value = "overlay")]
+        layer_kind: LayerKindArg,
+        /// `generate` (a fresh network key for this node) or a key FILE to copy (32 raw bytes or 64 hex).
+        #[arg(long, default_value = "generate")]
+        identity: String,
+        /// The host chunk cache, shared by every node on the host.
+        #[arg(long, env = "THINNODE_CACHE", default_value = mount::DEFAULT_CACHE_DIR)]
+        cache: PathBuf,
+        /// Size limit of the host cache (e.g. 50G).
+        #[arg(long, default_value = "50G", value_parser = mount::units::parse_size)]
+        cache_size: u64,
+        /// Read chunks from this store instead of the ones recorded in the image (repeatable).
+        #[arg(long = "store")]
+        stores: Vec<String>,
+    },
+    /// Start a node: mount its data directory and run COMMAND under a supervisor.
+    ///
+    /// Placeholders in COMMAND: {data} (the merged data directory), {name}, {port:N} (a free TCP port
+    /// chosen for this node, stable once chosen). Output goes to the node's log (`node logs`).
+    Start {
+        /// The node's name.
+        name: String,
+        /// When to restart the command: no, on-failure, always (with backoff).
+        #[arg(long, default_value = "no")]
+        restart: RestartPolicy,
+        /// Seconds the command gets to exit after SIGTERM before SIGKILL.
+        #[arg(long, default_value_t = 30)]
+        stop_grace: u64,
+        /// The node command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop a node: the command (SIGTERM, SIGKILL after the grace period), then its mounts.
+    Stop {
+        /// The node's name.
+        name: String,
+        /// Seconds to wait for the supervisor before killing it.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// List nodes: state, image, chain, height, layer kind and bytes, uptime, pid.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a node's log (its command's stdout and stderr).
+    Logs {
+        /// The node's name.
+        name: String,
+        /// Lines to show.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Keep printing what is appended.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Drop a stopped node's write layer: back to the base (its identity is kept).
+    Reset {
+        /// The node's name.
+        name: String,
+    },
+    /// Pack a stopped node's base plus layer into a new image, uploading only new chunks.
+    Promote {
+        /// The node's name.
+        name: String,
+        /// The new image file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where chunks go (default: the base image's store).
+        #[arg(long)]
+        store: Option<String>,
+        /// Sign the new image with this secret key.
+        #[arg(long)]
+        sign: Option<PathBuf>,
+        /// Block height of the new image (label `height`).
+        #[arg(long)]
+        height: Option<u64>,
+        /// Block hash at that height (label `block_hash`).
+        #[arg(long)]
+        block_hash: Option<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a node (layer, identity, logs).
+    Rm {
+        /// The node's name.
+        name: String,
+        /// Stop it first if it runs.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run a node's supervisor (started by `node start`).
+    #[command(hide = true)]
+    Supervise {
+        /// The node's name.
+        name: String,
+        /// Seconds the command gets after SIGTERM.
+        #[arg(long, default_value_t = 30)]
+        stop_grace: u64,
+    },
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS.get(unit).unwrap_or(&"B"))
+    }
+}
+
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// Prints what is appended to the log at `path` after `offset`, until interrupted.
+fn follow_log(path: &std::path::Path, mut offset: u64) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(mut f) = std::fs::File::open(path) else {
+            continue;
+        };
+        let len = f.metadata()?.len();
+        if len < offset {
+            offset = 0;
+        }
+        if len > offset {
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)?;
+            offset += buf.len() as u64;
+            out.write_all(&buf)?;
+            out.flush()?;
+        }
+    }
+}
+
+/// Runs `thinnode node`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let state = StateDir::open(&args.state_dir)
+        .with_context(|| format!("state directory {}", args.state_dir.display()))?;
+    match args.command {
+        NodeCommand::Create {
+            name,
+            image,
+            layer_kind,
+            identity,
+            cache,
+            cache_size,
+            stores,
+        } => {
+            let opts = node::ops::CreateOptions {
+                name: name.clone(),
+                image,
+                layer_kind: layer_kind.into(),
+                identity_file: (identity != "generate").then(|| PathBuf::from(&identity)),
+                cache_dir: cache,
+                cache_max_bytes: cache_size,
+                stores,
+            };
+            let (record, report) =
+                node::ops::create(&state, &opts).with_context(|| format!("node create {name}"))?;
+            println!(
+                "node {name} created from {} ({} layer)",
+                record.image.display(),
+                record.layer_kind
+            );
+            for k in &report.keys_written {
+                println!("  identity: new network key at {}", k.display());
+            }
+            for p in &report.peer_files_removed {
+                println!("  identity: base peer state hidden: {}", p.display());
+            }
+        }
+        NodeCommand::Start {
+            name,
+            restart,
+            stop_grace,
+            command,
+        } => {
+            let exe = std::env::current_exe().context("locate the thinnode binary")?;
+            let record = node::ops::start(
+                &state,
+                &name,
+                command,
+                restart,
+                &exe,
+                Duration::from_secs(stop_grace),
+            )
+            .with_context(|| format!("node start {name}"))?;
+            let pid = record.child.as_ref().map(|c| c.pid).unwrap_or(0);
+            let ports: Vec<String> = record
+                .ports
+                .iter()
+                .map(|(k, v)| format!("port:{k}={v}"))
+                .collect();
+            println!(
+                "node {name} running (pid {pid}, data {}, ready in {} ms{}{})",
+                state.data_dir(&name).display(),
+                record.ready_ms.unwrap_or(0),
+                if ports.is_empty() { "" } else { ", " },
+                ports.join(" ")
+            );
+        }
+        NodeCommand::Stop { name, timeout } => {
+            let record = node::ops::stop(&state, &name, Duration::from_secs(timeout))
+                .with_context(|| format!("node stop {name}"))?;
+            println!(
+                "node {name} stopped ({})",
+                record.last_exit.as_deref().unwrap_or("not running")
+            );
+        }
+        NodeCommand::Ls { json } => {
+            let nodes = node::ops::list(&state)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:<8} {:<24} {:<16} {:>8} {:<8} {:>11} {:>8} {:>8}",
+                "NAME",
+                "STATE",
+                "IMAGE",
+                "CHAIN",
+                "HEIGHT",
+                "LAYER",
+                "LAYER BYTES",
+                "UPTIME",
+                "PID"
+            );
+            for n in nodes {
+                let image = n
+                    .image
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                println!(
+                    "{:<16} {:<8} {:<24} {:<16} {:>8} {:<8} {:>11} {:>8} {:>8}",
+                    n.name,
+                    n.state.to_string(),
+                    image,
+                    n.chain.as_deref().unwrap_or("-"),
+                    n.height.as_deref().unwrap_or("-"),
+                    n.layer_kind,
+                    n.layer_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
+                    n.uptime_secs
+                        .map(human_duration)
+                        .unwrap_or_else(|| "-".into()),
+                    n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+        NodeCommand::Logs {
+            name,
+            lines,
+            follow,
+        } => {
+            state.read(&name)?;
+            let path = state.log_path(&name);
+            let (text, offset) = node::ops::tail(&path, lines)?;
+            let mut out = std::io::stdout();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            if follow {
+                follow_log(&path, offset)?;
+            }
+        }
+        NodeCommand::Reset { name } => {
+            let report =
+                node::ops::reset(&state, &name).with_context(|| format!("node reset {name}"))?;
+            println!(
+                "node {name} reset to its base ({} identity keys re-applied)",
+                report.keys_written.len()
+            );
+        }
+        NodeCommand::Promote {
+            name,
+            out,
+            store,
+            sign,
+            height,
+            block_hash,
+            json,
+        } => {
+            let signer = match &sign {
+                Some(p) => Some(
+                    image::read_signing_key(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let mut labels = Vec::new();
+            if let Some(h) = height {
+                labels.push(("height".to_string(), h.to_string()));
+            }
+            if let Some(h) = block_hash {
+                labels.push(("block_hash".to_string(), h));
+            }
+            let opts = node::ops::PromoteOptions {
+                out: out.clone(),
+                store_url: store,
+                signer,
+                labels,
+            };
+            let progress = crate::cmd::base::progress_bar();
+            let summary = node::ops::promote(&state, &name, &opts, Some(&progress))
+                .with_context(|| format!("node promote {name}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                let p = &summary.pack;
+                println!(
+                    "image {} from node {name}: {} of {} logical uploaded ({} new chunks of {}) to {}",
+                    out.display(),
+                    human_bytes(p.bytes_uploaded),
+                    human_bytes(p.logical_bytes),
+                    p.chunks_new,
+                    p.chunks_unique,
+                    summary.store
+                );
+            }
+        }
+        NodeCommand::Rm { name, force } => {
+            node::ops::remove(&state, &name, force, Duration::from_secs(60))
+                .with_context(|| format!("node rm {name}"))?;
+            println!("node {name} removed");
+        }
+        NodeCommand::Supervise { name, stop_grace } => {
+            node::ops::supervise(&state, &name, Duration::from_secs(stop_grace))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,540 @@
+//! The node lifecycle: create, start (a detached supervisor), stop, list, reset, promote, remove.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use layer::{LayerKind, LayeredMount};
+use mount::daemon;
+
+use crate::base;
+use crate::error::{io_err, NodeError, Result};
+use crate::identity::{self, NetworkKey, SUBSTRATE_KEY_FILE};
+use crate::scan;
+use crate::state::{
+    check_name, now_secs, IdentityMode, NodeRecord, NodeState, RestartPolicy, StateDir, Status,
+    RECORD_VERSION,
+};
+use crate::supervisor::{self, mount_config, port_placeholders};
+
+/// How long unmounting a leftover mount may take.
+const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `node create` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// The node's name.
+    pub name: String,
+    /// The base image.
+    pub image: PathBuf,
+    /// The kind of write layer.
+    pub layer_kind: LayerKind,
+    /// The network identity: `None` generates one; `Some(file)` copies that key.
+    pub identity_file: Option<PathBuf>,
+    /// The host chunk cache.
+    pub cache_dir: PathBuf,
+    /// The host cache's size limit in bytes.
+    pub cache_max_bytes: u64,
+    /// Stores to read from instead of the image's.
+    pub stores: Vec<String>,
+}
+
+/// What `node ls` shows about one node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeInfo {
+    /// The node's name.
+    pub name: String,
+    /// Its state now.
+    pub state: Status,
+    /// The base image.
+    pub image: PathBuf,
+    /// The base image's chain label.
+    pub chain: Option<String>,
+    /// The base image's height label.
+    pub height: Option<String>,
+    /// The layer kind.
+    pub layer_kind: String,
+    /// Bytes the write layer uses on disk (None when it cannot be measured).
+    pub layer_bytes: Option<u64>,
+    /// Seconds since the supervisor started, while running.
+    pub uptime_secs: Option<u64>,
+    /// The node command's process id, while running.
+    pub pid: Option<u32>,
+    /// The supervisor's process id, while running.
+    pub supervisor_pid: Option<u32>,
+    /// The merged data directory.
+    pub data_dir: PathBuf,
+    /// Ports chosen for `{port:N}`.
+    pub ports: BTreeMap<String, u16>,
+    /// Restarts since the last start.
+    pub restarts: u32,
+    /// How the command last ended, or why the node failed.
+    pub last_exit: Option<String>,
+    /// Milliseconds from `node start` to the command being started.
+    pub ready_ms: Option<u64>,
+}
+
+/// Unmounts whatever a killed supervisor left at the node's data directory and image mount.
+fn clear_mounts(state: &StateDir, name: &str) -> Result<()> {
+    let data = state.data_dir(name);
+    let lower = state.layer_dir(name).join(layer::stack::LOWER_DIR);
+    for path in [data, lower] {
+        if (path.exists() || daemon::is_stale_mount(&path)) && daemon::is_mountpoint(&path) {
+            daemon::unmount_path(&path, UNMOUNT_TIMEOUT)?;
+        }
+    }
+    Ok(())
+}
+
+/// After a supervisor died (kill -9, reboot): ends the command it left (if it still runs) and the
+/// mounts, and records the node as crashed-then-stopped. Does nothing to a running node.
+fn clean_after_crash(state: &StateDir, record: &mut NodeRecord) -> Result<()> {
+    if record.status() == Status::Running {
+        return Ok(());
+    }
+    if let Some(child) = record.child.take() {
+        if child.is_alive() {
+            child.terminate(Duration::from_secs(10));
+        }
+    }
+    clear_mounts(state, &record.name)?;
+    if record.status() == Status::Crashed {
+        record.state = NodeState::Stopped;
+        record.last_exit = Some("the supervisor died; cleaned up".into());
+        record.supervisor = None;
+        state.write(record)?;
+    }
+    Ok(())
+}
+
+/// Mounts the node's data directory in this process (for create, reset and promote).
+fn mount_here(state: &StateDir, record: &NodeRecord) -> Result<LayeredMount> {
+    let data = state.data_dir(&record.name);
+    fs::create_dir_all(&data).map_err(io_err("create", &data))?;
+    Ok(LayeredMount::mount(
+        mount_config(record),
+        &state.layer_dir(&record.name),
+        record.layer_kind,
+        &data,
+    )?)
+}
+
+/// The node's identity key file (in its state directory).
+fn identity_key_path(state: &StateDir, name: &str) -> PathBuf {
+    state.identity_dir(name).join(SUBSTRATE_KEY_FILE)
+}
+
+/// Gives the mounted node its identity (see [`identity::apply`]).
+fn apply_identity(
+    state: &StateDir,
+    record: &NodeRecord,
+    data: &Path,
+) -> Result<identity::IdentityReport> {
+    let key = NetworkKey::read(&identity_key_path(state, &record.name))?;
+    identity::apply(data, &key)
+}
+
+/// Creates a node: its record, its identity key, and its write layer with the identity applied (the
+/// data directory is mounted once for that and unmounted again).
+pub fn create(
+    state: &StateDir,
+    opts: &CreateOptions,
+) -> Result<(NodeRecord, identity::IdentityReport)> {
+    check_name(&opts.name)?;
+    let _lock = state.lock(&opts.name)?;
+    if state.exists(&opts.name) {
+        return Err(NodeError::NodeExists(opts.name.clone()));
+    }
+    let image_path = fs::canonicalize(&opts.image).map_err(io_err("resolve", &opts.image))?;
+    let manifest = image::ImageManifest::open(&image_path)?;
+    let key = match &opts.identity_file {
+        Some(file) => NetworkKey::read(file)?,
+        None => NetworkKey::generate(),
+    };
+    let record = NodeRecord {
+        version: RECORD_VERSION,
+        name: opts.name.clone(),
+        image: image_path,
+        labels: manifest.labels().into_iter().collect(),
+        layer_kind: opts.layer_kind,
+        cache_dir: opts.cache_dir.clone(),
+        cache_max_bytes: opts.cache_max_bytes,
+        stores: opts.stores.clone(),
+        identity: match &opts.identity_file {
+            Some(f) => IdentityMode::File(std::path::absolute(f).unwrap_or(f.clone())),
+            None => IdentityMode::Generate,
+        },
+        command: Vec::new(),
+        restart: RestartPolicy::No,
+        ports: BTreeMap::new(),
+        state: NodeState::Created,
+        supervisor: None,
+        child: None,
+        started_at: None,
+        ready_ms: None,
+        restarts: 0,
+        last_exit: None,
+        created_at: now_secs(),
+    };
+    let result = (|| -> Result<identity::IdentityReport> {
+        key.write(&identity_key_path(state, &opts.name))?;
+        let mounted = mount_here(state, &record)?;
+        let report = apply_identity(state, &record, mounted.target());
+        let unmounted = mounted.unmount();
+        let report = report?;
+        unmounted?;
+        state.write(&record)?;
+        Ok(report)
+    })();
+    match result {
+        Ok(report) => Ok((record, report)),
+        Err(e) => {
+            // Leave nothing half-made behind (only once nothing is mounted inside).
+            if clear_mounts(state, &opts.name).is_ok() {
+                let _ = fs::remove_dir_all(state.node_dir(&opts.name));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A free TCP port on the loopback interface that no other node has recorded.
+fn choose_port(taken: &[u16]) -> Result<u16> {
+    for _ in 0..100 {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").map_err(io_err("bind", Path::new("127.0.0.1:0")))?;
+        let port = listener
+            .local_addr()
+            .map_err(io_err("bind", Path::new("127.0.0.1:0")))?
+            .port();
+        if !taken.contains(&port) {
+            return Ok(port);
+        }
+    }
+    Err(NodeError::BadArgument("no free TCP port found".into()))
+}
+
+/// Starts node `name`: records the command (choosing ports for new `{port:N}` placeholders), then runs
+/// `exe node --state-dir S supervise NAME` detached and returns once the supervisor reports the data
+/// directory mounted and the command started (or its error).
+pub fn start(
+    state: &StateDir,
+    name: &str,
+    command: Vec<String>,
+    restart: RestartPolicy,
+    exe: &Path,
+    grace: Duration,
+) -> Result<NodeRecord> {
+    let _lock = state.lock(name)?;
+    let mut record = state.read(name)?;
+    if record.status() == Status::Running {
+        return Err(NodeError::Running(name.to_string()));
+    }
+    clean_after_crash(state, &mut record)?;
+    if command.is_empty() {
+        return Err(NodeError::BadArgument(
+            "no command given: node start NAME -- COMMAND ARGS…".into(),
+        ));
+    }
+    let mut taken: Vec<u16> = Vec::new();
+    for other in state.names()? {
+        if other != name {
+            if let Ok(r) = state.read(&other) {
+                taken.extend(r.ports.values());
+            }
+        }
+    }
+    for index in port_placeholders(&command)? {
+        if let std::collections::btree_map::Entry::Vacant(slot) = record.ports.entry(index) {
+            let port = choose_port(&taken)?;
+            taken.push(port);
+            slot.insert(port);
+        }
+    }
+    record.command = command;
+    record.restart = restart;
+    record.state = NodeState::Starting;
+    record.supervisor = None;
+    record.child = None;
+    record.last_exit = None;
+    state.write(&record)?;
+    let args: Vec<OsString> = vec![
+        "node".into(),
+        "--state-dir".into(),
+        state.root().as_os_str().to_owned(),
+        "supervise".into(),
+        name.into(),
+        "--stop-grace".into(),
+        grace.as_secs().to_string().into(),
+    ];
+    let started = Instant::now();
+    match daemon::spawn_detached(exe, &args, &state.supervisor_log_path(name)) {
+        Ok(_) => {}
+        Err(e) => {
+            let mut record = state.read(name)?;
+            if record.state != NodeState::Failed {
+                record.state = NodeState::Failed;
+                record.last_exit = Some(e.to_string());
+                state.write(&record)?;
+            }
+            return Err(NodeError::Supervisor {
+                name: name.to_string(),
+                reason: e.to_string(),
+            });
+        }
+    }
+    let mut record = state.read(name)?;
+    record.ready_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    Ok(record)
+}
+
+/// Stops node `name`: asks its supervisor to stop the command and unmount, waits for it (SIGKILL
+/// after `timeout`), and cleans up after a supervisor that died. Returns the final record.
+pub fn stop(state: &StateDir, name: &str, timeout: Duration) -> Result<NodeRecord> {
+    let _lock = state.lock(name)?;
+    let mut record = state.read(name)?;
+    if let Some(sup) = record.supervisor.clone() {
+        if record.status() == Status::Running {
+            sup.signal(nix::sys::signal::Signal::SIGTERM);
+            if !sup.wait_gone(timeout) {
+                tracing::warn!("supervisor of {name} did not stop in {timeout:?}; killing it");
+                sup.signal(nix::sys::signal::Signal::SIGKILL);
+                sup.wait_gone(Duration::from_secs(5));
+            }
+            record = state.read(name)?;
+        }
+    }
+    clean_after_crash(state, &mut record)?;
+    if matches!(record.state, NodeState::Running | NodeState::Starting) {
+        record.state = NodeState::Stopped;
+        record.supervisor = None;
+        record.child = None;
+        state.write(&record)?;
+    }
+    Ok(record)
+}
+
+/// What `node ls` shows about node `name`.
+pub fn info(state: &StateDir, record: &NodeRecord) -> NodeInfo {
+    let status = record.status();
+    let running = status == Status::Running;
+    NodeInfo {
+        name: record.name.clone(),
+        state: status,
+        image: record.image.clone(),
+        chain: record.labels.get("chain").cloned(),
+        height: record.labels.get("height").cloned(),
+        layer_kind: record.layer_kind.to_string(),
+        layer_bytes: layer::du(&state.layer_dir(&record.name))
+            .ok()
+            .map(|u| u.allocated_bytes),
+        uptime_secs: record.uptime_secs(),
+        pid: if running {
+            record
+                .child
+                .as_ref()
+                .filter(|c| c.is_alive())
+                .map(|c| c.pid)
+        } else {
+            None
+        },
+        supervisor_pid: if running {
+            record.supervisor.as_ref().map(|s| s.pid)
+        } else {
+            None
+        },
+        data_dir: state.data_dir(&record.name),
+        ports: record.ports.clone(),
+        restarts: record.restarts,
+        last_exit: record.last_exit.clone(),
+        ready_ms: record.ready_ms,
+    }
+}
+
+/// Every node, as `node ls` shows them.
+pub fn list(state: &StateDir) -> Result<Vec<NodeInfo>> {
+    let mut out = Vec::new();
+    for name in state.names()? {
+        let record = state.read(&name)?;
+        out.push(info(state, &record));
+    }
+    Ok(out)
+}
+
+/// Reads a stopped node's record (cleaning up after a dead supervisor); errors when it runs.
+fn stopped_record(state: &StateDir, name: &str) -> Result<NodeRecord> {
+    let mut record = state.read(name)?;
+    if record.status() == Status::Running {
+        return Err(NodeError::Running(name.to_string()));
+    }
+    clean_after_crash(state, &mut record)?;
+    Ok(record)
+}
+
+/// Drops a stopped node's write layer (back to the base), then gives it its identity again.
+pub fn reset(state: &StateDir, name: &str) -> Result<identity::IdentityReport> {
+    let _lock = state.lock(name)?;
+    let record = stopped_record(state, name)?;
+    let layer_dir = state.layer_dir(name);
+    if layer::LayerMetadata::read(&layer_dir).is_ok() {
+        layer::reset(&layer_dir)?;
+    }
+    let mounted = mount_here(state, &record)?;
+    let report = apply_identity(state, &record, mounted.target());
+    let unmounted = mounted.unmount();
+    let report = report?;
+    unmounted?;
+    Ok(report)
+}
+
+/// What `node promote` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct PromoteOptions {
+    /// The new image file.
+    pub out: PathBuf,
+    /// Where chunks go (default: the base image's store).
+    pub store_url: Option<String>,
+    /// Key to sign the new image with.
+    pub signer: Option<SigningKey>,
+    /// Labels to set (replacing the base's of the same key); the base's height and block hash are
+    /// dropped unless given here.
+    pub labels: Vec<(String, String)>,
+}
+
+/// What `node promote` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PromoteSummary {
+    /// The pack summary (`chunks_new` / `bytes_uploaded`: only what the store lacked).
+    pub pack: image::PackSummary,
+    /// The store the chunks went to.
+    pub store: String,
+    /// The labels recorded.
+    pub labels: Vec<(String, String)>,
+}
+
+/// Packs a stopped node's base plus layer (its merged view, mounted here) into a new image, uploading
+/// only the chunks the store lacks. Refuses when the merged view holds node secrets.
+pub fn promote(
+    state: &StateDir,
+    name: &str,
+    opts: &PromoteOptions,
+    progress: Option<&dyn image::PackProgress>,
+) -> Result<PromoteSummary> {
+    let _lock = state.lock(name)?;
+    let record = stopped_record(state, name)?;
+    let manifest = image::ImageManifest::open(&record.image)?;
+    let image_stores = if record.stores.is_empty() {
+        manifest.stores()
+    } else {
+        record.stores.clone()
+    };
+    let store_url = match &opts.store_url {
+        Some(url) => url.clone(),
+        None => match image_stores.as_slice() {
+            [only] => only.clone(),
+            _ => {
+                return Err(NodeError::BadArgument(
+                    "the base image does not record exactly one store; pass --store".into(),
+                ))
+            }
+        },
+    };
+    let mut labels: BTreeMap<String, String> = record.labels.clone();
+    labels.remove("height");
+    labels.remove("block_hash");
+    labels.insert("promoted_from".into(), name.to_string());
+    labels.extend(opts.labels.iter().cloned());
+    let labels: Vec<(String, String)> = labels.into_iter().collect();
+    let store = store::open(&store_url)?;
+    let mounted = mount_here(state, &record)?;
+    let packed = (|| -> Result<image::PackSummary> {
+        let data = mounted.target();
+        let secrets = scan::find_secrets(data, &[])?;
+        base::refuse_secrets(data, &secrets)?;
+        let pack_opts = image::PackOptions {
+            signer: opts.signer.clone(),
+            labels: labels.clone(),
+            // The base's chunks are known to be in its store: skip their existence checks there.
+            base: image_stores
+                .iter()
+                .any(|s| *s == store.public_url())
+                .then(|| record.image.clone()),
+            ..Default::default()
+        };
+        Ok(image::pack(
+            data,
+            store.as_ref(),
+            &opts.out,
+            &pack_opts,
+            progress,
+        )?)
+    })();
+    let unmounted = mounted.unmount();
+    let pack = packed?;
+    unmounted?;
+    Ok(PromoteSummary {
+        pack,
+        store: store.public_url(),
+        labels,
+    })
+}
+
+/// Removes a node (its layer, identity and logs). A running node is refused unless `force`, which
+/// stops it first.
+pub fn remove(state: &StateDir, name: &str, force: bool, timeout: Duration) -> Result<()> {
+    let record = state.read(name)?;
+    if record.status() == Status::Running {
+        if !force {
+            return Err(NodeError::Running(name.to_string()));
+        }
+        stop(state, name, timeout)?;
+    }
+    let _lock = state.lock(name)?;
+    let mut record = state.read(name)?;
+    clean_after_crash(state, &mut record)?;
+    let data = state.data_dir(name);
+    let lower = state.layer_dir(name).join(layer::stack::LOWER_DIR);
+    for path in [&data, &lower] {
+        if daemon::is_mountpoint(path) {
+            return Err(NodeError::Invalid {
+                name: name.to_string(),
+                reason: format!("{} is still mounted; not removing anything", path.display()),
+            });
+        }
+    }
+    let dir = state.node_dir(name);
+    fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))
+}
+
+/// The last `lines` lines of `path` (reads at most the last 4 MiB).
+pub fn tail(path: &Path, lines: usize) -> Result<(String, u64)> {
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), 0)),
+        Err(e) => return Err(io_err("open", path)(e)),
+    };
+    let len = file.metadata().map_err(io_err("stat", path))?.len();
+    let from = len.saturating_sub(4 << 20);
+    file.seek(SeekFrom::Start(from))
+        .map_err(io_err("seek", path))?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).map_err(io_err("read", path))?;
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    let keep = all.len().saturating_sub(lines);
+    let mut out = all.get(keep..).unwrap_or(&[]).join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    Ok((out, len))
+}
+
+/// The supervisor's entry point (the hidden `thinnode node supervise NAME`).
+pub fn supervise(state: &StateDir, name: &str, grace: Duration) -> Result<()> {
+    supervisor::run(state, name, grace)
+}
