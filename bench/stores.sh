@@ -2,12 +2,16 @@
 # Read throughput of one image from every store kind, as ratios to the raw fetch rate of a single zdb store
 # measured in the same run:
 #   zdb (one `thinnode zdb`), dir://, http:// (`thinnode serve-store` over the dir store),
-#   route: with 2 full replicas (two zdb servers), disperse:4+2 (six zdb servers).
+#   route: with 2 full replicas (two zdb servers), disperse:4+2 (six zdb servers),
+#   s3:// on SeaweedFS (`weed mini`, every port pinned on loopback; installed by scripts/setup.sh).
 # Each reader is `raw_fetch IMAGE data.bin URL 4 8 decode` (crates/mount/examples): 4 threads, 8 chunks per
 # request, every object verified and decrypted — the work any cold reader of the image does. The baseline
 # is the same fetch from the single zdb store without decoding.
 #
 #   bash bench/stores.sh [SIZE_MIB] [RUNS]        (defaults: 1024 MiB, 3 rounds; medians are printed)
+#
+# The s3 rows: the s3:// store read with decoding (same reader as every row) and its raw fetch without
+# decoding (the S3 engine's own rate, for reference).
 #
 # Notes: all servers run on this machine over loopback, so "cold" means nothing is cached by thinnode;
 # the servers' files are in the page cache (this shared machine must not drop caches).
@@ -58,6 +62,33 @@ mkdir -p "$WORK/dir"
 PIDS+=($!)
 wait_port "$HTTP_PORT"
 
+# SeaweedFS: master, volume, filer, s3 and admin with their gRPC ports, all pinned; one identity; one bucket.
+command -v weed >/dev/null || { echo "weed (SeaweedFS) not found: run scripts/setup.sh" >&2; exit 1; }
+mapfile -t WP < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(10)]
+for s in socks: s.bind(("127.0.0.1", 0))
+for s in socks: print(s.getsockname()[1])')
+export AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret
+unset AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3
+mkdir -p "$WORK/weed/data"
+printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List"]}]}' \
+  "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$WORK/weed/s3.json"
+weed mini -dir="$WORK/weed/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  -master.port="${WP[0]}" -master.port.grpc="${WP[1]}" -volume.port="${WP[2]}" -volume.port.grpc="${WP[3]}" \
+  -filer.port="${WP[4]}" -filer.port.grpc="${WP[5]}" -s3.port="${WP[6]}" -s3.port.grpc="${WP[7]}" \
+  -admin.port="${WP[8]}" -admin.port.grpc="${WP[9]}" -admin.ui=false -webdav=false -s3.port.iceberg=0 \
+  -s3.port.lance=0 -master.telemetry=false -s3.autoCreateBucket=false -s3.config="$WORK/weed/s3.json" \
+  -s3.localSocket="$WORK/weed/s3.sock" -filer.localSocket="$WORK/weed/filer.sock" -bucket=bench \
+  >"$WORK/weed.log" 2>&1 &
+PIDS+=($!)
+wait_port "${WP[6]}"
+for _ in $(seq 600); do
+  # The bucket is served once the filer holds its directory.
+  python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:${WP[4]}/buckets/bench/?limit=1')" 2>/dev/null && break
+  sleep 0.05
+done
+
 mkdir -p "$WORK/src"
 head -c "$((SIZE_MIB * 1048576))" /dev/urandom >"$WORK/src/data.bin"
 
@@ -66,7 +97,8 @@ URL[zdb]=$(Z 0)
 URL[dir]="dir://$WORK/dir"
 URL[route2]="route: $(Z 1) $(Z 2)"
 URL[disperse42]="disperse:4+2 $(Z 3) $(Z 4) $(Z 5) $(Z 6) $(Z 7) $(Z 8)"
-for kind in zdb dir route2 disperse42; do
+URL[s3]="s3://bench/chunks?endpoint=http://127.0.0.1:${WP[6]}&region=us-east-1&path_style=true"
+for kind in zdb dir route2 disperse42 s3; do
   "$BIN" pack "$WORK/src" --store "${URL[$kind]}" --out "$WORK/$kind.tni" >/dev/null 2>&1
 done
 URL[http]="http://127.0.0.1:$HTTP_PORT/"
@@ -79,7 +111,9 @@ rate() {
   awk '{ printf "%d\n", $1 / $2 / 1e6 }' <<<"$out"
 }
 
-KINDS=(zdb dir http route2 disperse42)
+KINDS=(zdb dir http route2 disperse42 s3 s3raw)
+URL[s3raw]=${URL[s3]}
+cp "$WORK/s3.tni" "$WORK/s3raw.tni"
 RESULTS=$WORK/results
 : >"$RESULTS"
 for round in $(seq "$RUNS"); do
@@ -87,7 +121,9 @@ for round in $(seq "$RUNS"); do
   printf 'baseline\t%s\t%s\n' "$round" "$base" >>"$RESULTS"
   for i in $(shuf -i 0-$((${#KINDS[@]} - 1))); do
     kind=${KINDS[$i]}
-    r=$(rate "$WORK/$kind.tni" "${URL[$kind]}" decode)
+    mode=decode
+    [ "$kind" = s3raw ] && mode=
+    r=$(rate "$WORK/$kind.tni" "${URL[$kind]}" $mode)
     printf '%s\t%s\t%s\n' "$kind" "$round" "$r" >>"$RESULTS"
   done
 done
@@ -105,6 +141,8 @@ declare -A LABEL=(
   [http]="http:// (thinnode serve-store over the dir store)"
   [route2]="route: 2 full replicas (two zdb servers)"
   [disperse42]="disperse:4+2 (six zdb servers)"
+  [s3]="s3:// (SeaweedFS weed mini)"
+  [s3raw]="raw s3:// fetch, no decode (SeaweedFS)"
 )
 for kind in "${KINDS[@]}"; do
   mbs=$(awk -F'\t' -v k="$kind" '$1 == k { print $3 }' "$RESULTS" | median)

@@ -326,6 +326,8 @@ struct Shared {
     timeout: Duration,
     /// Credentials to scrub from any text that reaches an error message.
     secrets: Vec<String>,
+    /// Requests are unsigned (no credentials were found, or `anonymous=true`).
+    anonymous: bool,
     /// Set once the bucket is known to exist (a 404 can then only mean a missing object).
     bucket_exists: tokio::sync::OnceCell<()>,
 }
@@ -368,7 +370,7 @@ impl S3Store {
         }
         let retry = RetryConfig {
             backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(50),
+                init_backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(5),
                 base: 2.0,
             },
@@ -426,6 +428,7 @@ impl S3Store {
                 endpoint: endpoint_shown,
                 timeout: config.timeout,
                 secrets,
+                anonymous: resolved.anonymous,
                 bucket_exists: tokio::sync::OnceCell::new(),
             }),
             handle: runtime.handle().clone(),
@@ -557,6 +560,15 @@ fn http_error_kind(error: &object_store::Error) -> Option<object_store::client::
     None
 }
 
+/// The innermost cause of an error (e.g. "Connection refused (os error 111)").
+fn root_cause_text(error: &object_store::Error) -> String {
+    let mut cause: &(dyn std::error::Error + 'static) = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
 /// An error and its sources, joined, as one line.
 fn error_chain_text(error: &object_store::Error) -> String {
     let mut text = error.to_string();
@@ -622,6 +634,15 @@ impl Shared {
                 Some(c) => c.to_string(),
                 None => "HTTP 403".to_string(),
             };
+            let reason = if self.anonymous {
+                format!(
+                    "{reason} (the request was unsigned: no credentials were given; set \
+                     AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or access_key_id= and \
+                     secret_access_key=)"
+                )
+            } else {
+                reason
+            };
             return StoreError::AccessDenied {
                 bucket: self.bucket.clone(),
                 endpoint: self.endpoint.clone(),
@@ -641,7 +662,10 @@ impl Shared {
                 | object_store::client::HttpErrorKind::Interrupted,
             ) => StoreError::Connection {
                 endpoint: format!("{} (bucket {})", self.endpoint, self.bucket),
-                source: io::Error::new(io::ErrorKind::ConnectionRefused, text),
+                source: io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    scrub(&root_cause_text(&error), &self.secrets),
+                ),
             },
             _ => StoreError::Server {
                 message: match code {
