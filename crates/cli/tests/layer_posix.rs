@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{ok_stdout as thinnode_ok, run as thinnode, BIN};
 use layer::posix_suite;
-use layer::{OverlayLayer, OverlayOptions};
+use layer::{BlocksLayer, BlocksOptions, OverlayLayer, OverlayOptions};
 use testkit::{fuse_available, ChildGuard};
 
 fn path_str(p: &Path) -> &str {
@@ -221,6 +221,86 @@ fn overlay_copy_up_of_a_base_file_is_whole_file() {
 }
 
 #[test]
+fn blocks_layer_over_a_fuse_image_mount_passes_the_posix_suite() {
+    if !fuse_available("blocks_layer_over_a_fuse_image_mount_passes_the_posix_suite") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (image, store) = pack_base(tmp.path());
+    let lower = tmp.path().join("lower");
+    let mut base = ImageMount::start(&image, &lower, &tmp.path().join("cache"));
+
+    let layer_dir = tmp.path().join("layer");
+    let layer = BlocksLayer::create(&layer_dir, BlocksOptions::default()).expect("create layer");
+    let node = tmp.path().join("node");
+    fs::create_dir_all(&node).expect("mkdir");
+    let mounted = layer
+        .mount(&lower, &node)
+        .expect("mount blocks layer over FUSE");
+    let detach = DetachOnDrop(node.clone());
+
+    let outcomes = posix_suite::run(&node);
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().err().map(|e| format!("{}: {e}", o.name)))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    let refused = thinnode(&["layer", "reset", path_str(&layer_dir)]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is mounted at"), "{stderr}");
+    mounted.unmount().expect("unmount blocks layer");
+    drop(detach);
+
+    // `layer du` counts only what the node wrote: the base files it wrote into hold their blocks,
+    // not their whole size (the overlay run above copies 300 KB files up whole).
+    let du: serde_json::Value = serde_json::from_str(&thinnode_ok(&[
+        "layer",
+        "du",
+        path_str(&layer_dir),
+        "--json",
+    ]))
+    .expect("du json");
+    assert_eq!(du["kind"], "blocks");
+    let allocated = du["allocated_bytes"].as_u64().expect("allocated");
+    assert_eq!(
+        allocated,
+        layer.du().expect("du").allocated_bytes,
+        "CLI and library disagree"
+    );
+    let mid = fs::metadata(layer_dir.join("tree/base/mid.bin")).expect("stat layer copy");
+    assert_eq!(mid.len(), 300_000);
+    assert!(
+        mid.blocks() * 512 <= 16 * 1024,
+        "a 10-byte write into mid.bin left {} bytes in the layer",
+        mid.blocks() * 512
+    );
+
+    thinnode_ok(&["layer", "reset", path_str(&layer_dir)]);
+    let du: serde_json::Value = serde_json::from_str(&thinnode_ok(&[
+        "layer",
+        "du",
+        path_str(&layer_dir),
+        "--json",
+    ]))
+    .expect("du json");
+    assert_eq!(du["files"].as_u64(), Some(0), "{du}");
+
+    // The read-only base shows the original bytes, and the image is intact.
+    for name in ["mid.bin", "trunc.bin", "mmap.bin", "punch.bin"] {
+        let want = fs::read(tmp.path().join("src/base").join(name)).expect("read src");
+        assert_eq!(
+            fs::read(lower.join("base").join(name)).expect("read lower"),
+            want,
+            "{name}"
+        );
+    }
+    base.stop();
+    thinnode_ok(&["verify", path_str(&image), "--deep", "--store", &store]);
+}
+
+#[test]
 fn layer_commands_explain_what_they_cannot_do() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let plain = thinnode(&["layer", "du", path_str(tmp.path())]);
@@ -231,25 +311,25 @@ fn layer_commands_explain_what_they_cannot_do() {
         "{stderr}"
     );
 
-    let blocks = tmp.path().join("blocks");
-    fs::create_dir_all(&blocks).expect("mkdir");
+    let future = tmp.path().join("future");
+    fs::create_dir_all(&future).expect("mkdir");
     fs::write(
-        blocks.join("layer.json"),
-        r#"{"version": 1, "kind": "blocks"}"#,
+        future.join("layer.json"),
+        r#"{"version": 2, "kind": "blocks"}"#,
     )
     .expect("write");
     for cmd in ["du", "reset"] {
-        let out = thinnode(&["layer", cmd, path_str(&blocks)]);
+        let out = thinnode(&["layer", cmd, path_str(&future)]);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("blocks layers are not supported"),
+            stderr.contains("this build reads version 1"),
             "{cmd}: {stderr}"
         );
     }
 
-    fs::write(blocks.join("layer.json"), "{not json").expect("write");
-    let out = thinnode(&["layer", "reset", path_str(&blocks)]);
+    fs::write(future.join("layer.json"), "{not json").expect("write");
+    let out = thinnode(&["layer", "reset", path_str(&future)]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is invalid"));
 }

@@ -1268,10 +1268,18 @@ impl Filesystem for BlocksFs {
         let handle = if node.base.is_some() {
             // O_CREAT without O_EXCL on an existing base-backed file.
             drop(file);
-            match self.state.acquire_blocks(&node) {
-                Ok(file) => Handle::Blocks { node, file },
+            let file = match self.state.acquire_blocks(&node) {
+                Ok(file) => file,
                 Err(e) => return reply.error(layer_errno(&e)),
+            };
+            if flags & libc::O_TRUNC != 0 {
+                let r = file.write().unwrap_or_else(|p| p.into_inner()).truncate(0);
+                if let Err(e) = r {
+                    let _ = self.state.release_blocks(&node);
+                    return reply.error(layer_errno(&e));
+                }
             }
+            Handle::Blocks { node, file }
         } else {
             if flags & libc::O_TRUNC != 0 && existed {
                 tri!(reply, file.set_len(0).map_err(|e| errno_of(&e)));
