@@ -49,6 +49,9 @@ pub struct PackOptions {
     pub batch_chunks: usize,
     /// Stored bytes per upload batch (at most, give or take one chunk).
     pub batch_bytes: usize,
+    /// Paths relative to the packed directory that are left out of the image, with everything below
+    /// them (e.g. node secrets). A listed path that does not exist is ignored.
+    pub exclude: Vec<PathBuf>,
 }
 
 impl Default for PackOptions {
@@ -64,6 +67,7 @@ impl Default for PackOptions {
             upload_threads: 4,
             batch_chunks: 64,
             batch_bytes: 16 << 20,
+            exclude: Vec::new(),
         }
     }
 }
@@ -89,6 +93,8 @@ pub struct PackSummary {
     pub special_files: u64,
     /// Extra names of hardlinked files.
     pub hardlinks: u64,
+    /// Entries left out by [`PackOptions::exclude`] (each counted once, with what is below it).
+    pub excluded: u64,
     /// Files taken from the base image without reading them (unchanged since it).
     pub files_unchanged: u64,
     /// Sum of regular file sizes.
@@ -206,9 +212,14 @@ fn kind_of(ft: &fs::FileType) -> Option<FileKind> {
 /// Walks `src` into `builder`; returns the regular files to chunk.
 fn walk(
     src: &Path,
+    exclude: &[PathBuf],
     builder: &mut ManifestBuilder,
     summary: &mut PackSummary,
 ) -> Result<Vec<FileToChunk>, ImageError> {
+    let excluded: HashSet<PathBuf> = exclude
+        .iter()
+        .map(|p| src.join(p.strip_prefix("/").unwrap_or(p)))
+        .collect();
     let mut files = Vec::new();
     let mut hardlinks: HashMap<(u64, u64), Ino> = HashMap::new();
     builder.set_xattrs(ROOT_INO, read_xattrs(src)?)?;
@@ -223,6 +234,10 @@ fn walk(
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             let path = entry.path();
+            if excluded.contains(&path) {
+                summary.excluded += 1;
+                continue;
+            }
             let name = entry.file_name();
             let mut rel = dir_rel.clone();
             rel.push(name.as_bytes().to_vec());
@@ -412,7 +427,7 @@ pub fn pack(
     };
 
     let mut summary = PackSummary::default();
-    let mut files = walk(src, &mut builder, &mut summary)?;
+    let mut files = walk(src, &opts.exclude, &mut builder, &mut summary)?;
     if let Some(p) = progress {
         p.start(summary.logical_bytes, summary.files);
     }
@@ -753,5 +768,37 @@ mod tests {
         assert!(ext.iter().any(|(s, e)| *s <= 10 << 20 && *e > 10 << 20));
         // tmpfs/ext4/xfs/btrfs all report the 10 MiB gap as a hole.
         assert!(covered < size, "no hole found: {ext:?}");
+    }
+
+    #[test]
+    fn excluded_paths_are_left_out_with_their_subtrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("chains/dot/network")).unwrap();
+        fs::create_dir_all(src.join("keystore/sub")).unwrap();
+        fs::write(src.join("chains/dot/network/secret_ed25519"), b"secret").unwrap();
+        fs::write(src.join("chains/dot/db"), b"data").unwrap();
+        fs::write(src.join("keystore/sub/key"), b"key").unwrap();
+        fs::write(src.join("wallet.dat"), b"wallet").unwrap();
+        let store = store::DirStore::open(dir.path().join("store")).unwrap();
+        let out = dir.path().join("img");
+        let opts = PackOptions {
+            exclude: vec![
+                PathBuf::from("chains/dot/network/secret_ed25519"),
+                PathBuf::from("/keystore"),
+                PathBuf::from("missing"),
+            ],
+            ..PackOptions::default()
+        };
+        let summary = pack(&src, &store, &out, &opts, None).unwrap();
+        assert_eq!(summary.excluded, 2);
+        let m = crate::ImageManifest::open(&out).unwrap();
+        let chains = m.lookup(crate::ROOT_INO, b"chains").unwrap().unwrap();
+        let dot = m.lookup(chains.ino, b"dot").unwrap().unwrap();
+        let network = m.lookup(dot.ino, b"network").unwrap().unwrap();
+        assert!(m.lookup(network.ino, b"secret_ed25519").unwrap().is_none());
+        assert!(m.lookup(dot.ino, b"db").unwrap().is_some());
+        assert!(m.lookup(crate::ROOT_INO, b"keystore").unwrap().is_none());
+        assert!(m.lookup(crate::ROOT_INO, b"wallet.dat").unwrap().is_some());
     }
 }
