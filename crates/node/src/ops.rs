@@ -162,7 +162,7 @@ pub fn create(
         image: image_path,
         labels: manifest.labels().into_iter().collect(),
         layer_kind: opts.layer_kind,
-        cache_dir: opts.cache_dir.clone(),
+        cache_dir: std::path::absolute(&opts.cache_dir).unwrap_or(opts.cache_dir.clone()),
         cache_max_bytes: opts.cache_max_bytes,
         stores: opts.stores.clone(),
         identity: match &opts.identity_file {

@@ -200,7 +200,26 @@ pub fn run(state: &StateDir, name: &str, grace: Duration) -> Result<()> {
     result
 }
 
+/// Marks the readiness pipe inherited from `node start` close-on-exec, so the node command does not
+/// inherit it (`node start` waits until every copy of it is closed).
+fn keep_ready_pipe_from_children() {
+    let Some(fd) = std::env::var(daemon::READY_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: F_GETFD/F_SETFD only change the descriptor's flags; an invalid fd just fails.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+}
+
 fn supervise(state: &StateDir, name: &str, grace: Duration) -> Result<()> {
+    keep_ready_pipe_from_children();
     daemon::install_shutdown_handler()?;
     let started = Instant::now();
     let mut record = state.read(name)?;
