@@ -377,9 +377,7 @@ impl S3Store {
             max_retries: config.retries,
             retry_timeout: Duration::from_secs(120),
         };
-        // The environment supplies the other credential providers' settings; everything this store
-        // resolved itself is set explicitly (and wins over the environment).
-        let mut builder = AmazonS3Builder::from_env()
+        let mut builder = builder_from_other_env_settings()
             .with_bucket_name(&config.bucket)
             .with_region(&resolved.region)
             .with_virtual_hosted_style_request(!resolved.path_style)
@@ -398,12 +396,9 @@ impl S3Store {
                 .with_secret_access_key(secret);
             secrets.push(key.clone());
             secrets.push(secret.clone());
-            match &resolved.session_token {
-                Some(token) => {
-                    builder = builder.with_token(token);
-                    secrets.push(token.clone());
-                }
-                None => builder = builder.with_config(AmazonS3ConfigKey::Token, ""),
+            if let Some(token) = &resolved.session_token {
+                builder = builder.with_token(token);
+                secrets.push(token.clone());
             }
         }
         let client = builder
@@ -490,6 +485,35 @@ impl Drop for S3Store {
             runtime.shutdown_background();
         }
     }
+}
+
+/// A builder with the `AWS_*` environment settings this store does not resolve itself (credential
+/// providers such as web identity or container credentials, request payer, checksums, …), as
+/// `AmazonS3Builder::from_env` reads them. Credentials, session token, region, endpoint, addressing
+/// and signing are left out: [`Resolved`] decides those, so a URL's keys never travel with a session
+/// token from the environment.
+fn builder_from_other_env_settings() -> AmazonS3Builder {
+    let resolved_here = [
+        AmazonS3ConfigKey::AccessKeyId,
+        AmazonS3ConfigKey::SecretAccessKey,
+        AmazonS3ConfigKey::Token,
+        AmazonS3ConfigKey::Region,
+        AmazonS3ConfigKey::DefaultRegion,
+        AmazonS3ConfigKey::Endpoint,
+        AmazonS3ConfigKey::S3Endpoint,
+        AmazonS3ConfigKey::VirtualHostedStyleRequest,
+        AmazonS3ConfigKey::SkipSignature,
+        AmazonS3ConfigKey::Bucket,
+    ];
+    std::env::vars()
+        .filter(|(name, _)| name.starts_with("AWS_"))
+        .filter_map(|(name, value)| {
+            let key: AmazonS3ConfigKey = name.to_ascii_lowercase().parse().ok()?;
+            (!resolved_here.contains(&key)).then_some((key, value))
+        })
+        .fold(AmazonS3Builder::new(), |builder, (key, value)| {
+            builder.with_config(key, value)
+        })
 }
 
 /// The `s3://` URL recorded in images: bucket, prefix, endpoint, region and addressing, never
@@ -758,7 +782,7 @@ impl ChunkStore for S3Store {
         let shared = Arc::clone(&self.shared);
         let id = *id;
         self.run(async move { shared.get(id).await })
-            .map(|found| found.map(|b| b.to_vec()))
+            .map(|found| found.map(Vec::from))
     }
 
     fn put(&self, id: &ChunkId, data: &[u8]) -> Result<(), StoreError> {
@@ -778,7 +802,7 @@ impl ChunkStore for S3Store {
         let found = self.run_many(ids, |shared, id| async move { shared.get(id).await })?;
         Ok(found
             .into_iter()
-            .map(|value| value.map(|b| b.to_vec()))
+            .map(|value| value.map(Vec::from))
             .collect())
     }
 
