@@ -171,6 +171,36 @@ fn pack_verify_mount_and_copy_through_s3() {
         }
         let log = fs::read_to_string(tmp.path().join("mount.log")).unwrap_or_default();
         assert_no_secret(&log);
+
+        // `mount --store` with the keys in the URL, nothing in the environment.
+        let keyed_mnt = tmp.path().join("keyed-mnt");
+        fs::create_dir_all(&keyed_mnt).unwrap();
+        let keyed_log = tmp.path().join("keyed-mount.log");
+        let mounted = Command::new(BIN)
+            .args([
+                "mount",
+                p(&keyed_image),
+                p(&keyed_mnt),
+                "--store",
+                &keyed_url,
+                "--cache",
+                p(&tmp.path().join("keyed-cache")),
+                "--daemon",
+                "--log",
+                p(&keyed_log),
+            ])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .unwrap();
+        assert!(mounted.status.success(), "{}", text(&mounted));
+        let read = std::panic::catch_unwind(|| assert_same_files(&files, &src, &keyed_mnt));
+        ok(&["umount", p(&keyed_mnt)]);
+        if let Err(e) = read {
+            std::panic::resume_unwind(e);
+        }
+        assert_no_secret(&text(&mounted));
+        assert_no_secret(&fs::read_to_string(&keyed_log).unwrap_or_default());
     }
 
     // store copy: an image in a zdb store moves to S3 and reads from there alone.
