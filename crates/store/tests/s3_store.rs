@@ -245,3 +245,81 @@ fn unreachable_endpoint_is_a_clear_connection_error_after_retries() {
     let lazy = store::open_lazy(&url).unwrap();
     assert!(lazy.get(&ChunkId::of(b"x")).unwrap_err().is_transient());
 }
+
+/// A loopback HTTP server that answers every request with `503 SlowDown` and counts the requests.
+fn always_slow_down() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let counter = std::sync::Arc::clone(&counter);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                let mut line = String::new();
+                loop {
+                    // One request: headers up to the empty line (GET and HEAD carry no body).
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line != "\r\n" {
+                        continue;
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let body =
+                        "<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>";
+                    let reply = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nContent-Type: application/xml\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, requests)
+}
+
+#[test]
+fn server_errors_are_retried_with_backoff_then_reported() {
+    let (port, requests) = always_slow_down();
+    let url = format!(
+        "s3://busy-bucket?endpoint=http://127.0.0.1:{port}&retries=2&access_key_id=AK&secret_access_key=SK"
+    );
+    let s3 = store::open_lazy(&url).unwrap();
+    let error = s3.get(&ChunkId::of(b"x")).unwrap_err();
+    // The first request and two retries.
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let text = error.to_string();
+    assert!(
+        text.contains("busy-bucket") && text.contains(&format!("127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(text.contains("SlowDown"), "{text}");
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    // Connections are accepted (by the kernel's backlog) but nothing is ever sent back.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = format!(
+        "s3://silent-bucket?endpoint=http://127.0.0.1:{port}&timeout_ms=300&retries=0&access_key_id=AK&secret_access_key=SK"
+    );
+    let s3 = store::open_lazy(&url).unwrap();
+    let error = s3.has(&ChunkId::of(b"x")).unwrap_err();
+    assert!(matches!(error, StoreError::Timeout { .. }), "{error:?}");
+    assert!(error.is_transient());
+    assert!(
+        error.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{error}"
+    );
+    drop(listener);
+}
