@@ -145,8 +145,8 @@ pub struct BlockFile<B: BaseReader> {
     data_path: PathBuf,
     map_path: PathBuf,
     map: BlockMap,
-    /// Whether the map changed since it was last made durable.
-    dirty: bool,
+    /// The map as it is on disk (or, before the first sync, the map of an untouched base file).
+    durable: BlockMap,
 }
 
 impl<B: BaseReader> BlockFile<B> {
@@ -198,8 +198,8 @@ impl<B: BaseReader> BlockFile<B> {
             data,
             data_path: data_path.to_path_buf(),
             map_path: map_path.to_path_buf(),
+            durable: map.clone(),
             map,
-            dirty: false,
         })
     }
 
@@ -218,9 +218,9 @@ impl<B: BaseReader> BlockFile<B> {
         self.map.local_blocks()
     }
 
-    /// Whether writes or truncates happened since the last [`BlockFile::sync`].
+    /// Whether the map differs from the durable one (a [`BlockFile::sync`] would write it).
     pub fn is_dirty(&self) -> bool {
-        self.dirty
+        self.map != self.durable
     }
 
     fn bs(&self) -> u64 {
@@ -287,7 +287,6 @@ impl<B: BaseReader> BlockFile<B> {
                 .set_len(end)
                 .map_err(io_err("extend layer data", &self.data_path))?;
         }
-        self.dirty = true;
         let mut done = 0usize;
         let result = self.write_blocks(offset, data, &mut done);
         let written_end = offset + done as u64;
@@ -325,20 +324,32 @@ impl<B: BaseReader> BlockFile<B> {
 
     /// Sets the file size. Shrinking hides the base beyond the new size for good (a later extend reads
     /// zeros there) and drops the local blocks past it.
+    ///
+    /// A shrink makes the new map durable before it cuts the local data: a crash in between then shows
+    /// the shorter file, never the old size with the cut blocks read as zeros.
     pub fn truncate(&mut self, new_size: u64) -> Result<()> {
+        if new_size == self.map.size {
+            // Databases resize files to the size they have on every open; nothing changes.
+            return Ok(());
+        }
         if new_size < self.map.size {
+            let before = self.map.clone();
             self.map.base_limit = self.map.base_limit.min(new_size);
             let first_gone = new_size.div_ceil(self.bs());
             let last = self.map.size.div_ceil(self.bs());
             for block in first_gone..last {
                 self.map.set_local(block, false);
             }
+            self.map.size = new_size;
+            if let Err(e) = self.sync() {
+                self.map = before;
+                return Err(e);
+            }
         }
         self.data
             .set_len(new_size)
             .map_err(io_err("truncate layer data", &self.data_path))?;
         self.map.size = new_size;
-        self.dirty = true;
         Ok(())
     }
 
@@ -347,6 +358,10 @@ impl<B: BaseReader> BlockFile<B> {
         self.data
             .sync_data()
             .map_err(io_err("fdatasync layer data", &self.data_path))?;
+        if !self.is_dirty() {
+            // The durable map already describes every block (e.g. rewrites of local blocks).
+            return Ok(());
+        }
         let tmp = self.map_path.with_extension("tmp");
         let file = File::create(&tmp).map_err(io_err("create block map", &tmp))?;
         file.write_all_at(&self.map.encode(), 0)
@@ -358,7 +373,7 @@ impl<B: BaseReader> BlockFile<B> {
                 .and_then(|d| d.sync_all())
                 .map_err(io_err("fsync", dir))?;
         }
-        self.dirty = false;
+        self.durable = self.map.clone();
         Ok(())
     }
 }
@@ -510,6 +525,39 @@ mod tests {
             "unsynced blocks exposed after reopen"
         );
         assert_eq!(f.local_blocks(), 1);
+    }
+
+    #[test]
+    fn only_map_changes_make_the_file_dirty() {
+        let (s, _) = setup(4 * BS as usize);
+        let mut f = open(&s);
+        f.truncate(4 * u64::from(BS)).expect("same size");
+        assert!(!f.is_dirty(), "resizing to the same size changed nothing");
+        f.write_at(5, b"x").expect("write");
+        assert!(f.is_dirty());
+        f.sync().expect("sync");
+        assert!(!f.is_dirty());
+        f.write_at(6, b"y").expect("rewrite a local block");
+        assert!(!f.is_dirty(), "the map did not change");
+        f.sync().expect("sync");
+        drop(f);
+        let f = open(&s);
+        let mut buf = [0u8; 2];
+        f.read_at(5, &mut buf).expect("read");
+        assert_eq!(&buf, b"xy");
+    }
+
+    #[test]
+    fn a_shrink_is_never_undone_by_a_crash() {
+        let (s, base) = setup(6 * BS as usize);
+        let mut f = open(&s);
+        f.write_at(4 * u64::from(BS), &vec![9u8; BS as usize])
+            .expect("write");
+        f.sync().expect("sync");
+        f.truncate(u64::from(BS) + 7).expect("shrink");
+        drop(f);
+        let f = open(&s);
+        assert!(read_all(&f) == base[..BS as usize + 7]);
     }
 
     #[test]

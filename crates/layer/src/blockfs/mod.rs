@@ -178,7 +178,13 @@ impl BlocksLayer {
                 )));
             }
         }
-        if lower.starts_with(&self.dir) || self.dir.starts_with(&lower) {
+        // The lower may live inside the layer directory (LayeredMount mounts the image at DIR/lower),
+        // but not inside what this filesystem writes, nor contain it.
+        let (tree, maps) = (self.tree_dir(), self.maps_dir());
+        if [&tree, &maps]
+            .iter()
+            .any(|d| lower.starts_with(d) || d.starts_with(&lower))
+        {
             return Err(Error::MountPrecondition(format!(
                 "layer dir {} and lower dir {} must not contain each other",
                 self.dir.display(),
@@ -201,6 +207,7 @@ impl BlocksLayer {
         }
         let maps = self.maps_dir();
         stdfs::create_dir_all(&maps).map_err(io_err("create directory", &maps))?;
+        raise_open_file_limit();
         let state = Arc::new(fs::LayerState::open(
             &self.tree_dir(),
             &maps,
@@ -404,6 +411,28 @@ impl Drop for BlocksMount {
         if self.session.is_some() {
             if let Err(e) = self.stop() {
                 tracing::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// The filesystem holds one descriptor per inode the kernel knows; a node database can have thousands of
+/// files, beyond the usual soft limit of 1024. Raises the soft limit to the hard one.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!(
+                    "cannot raise the open file limit: {}",
+                    io::Error::last_os_error()
+                );
             }
         }
     }
