@@ -11,7 +11,9 @@
 #   bash bench/stores.sh [SIZE_MIB] [RUNS]        (defaults: 1024 MiB, 3 rounds; medians are printed)
 #
 # The s3 rows: the s3:// store read with decoding (same reader as every row) and its raw fetch without
-# decoding (the S3 engine's own rate, for reference).
+# decoding (the S3 engine's own rate, for reference). With root and /dev/fuse, two more rows read the image
+# the way a node does: a cold `dd bs=1M` of the file through `thinnode mount` (fresh host cache each time),
+# from the zdb store and from the s3 store.
 #
 # Notes: all servers run on this machine over loopback, so "cold" means nothing is cached by thinnode;
 # the servers' files are in the page cache (this shared machine must not drop caches).
@@ -27,7 +29,9 @@ RAW=$CARGO_TARGET_DIR/release/examples/raw_fetch
 
 WORK=$(mktemp -d)
 PIDS=()
+MNT=$WORK/mnt
 cleanup() {
+  "$BIN" umount "$MNT" >/dev/null 2>&1 || true
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
@@ -114,6 +118,28 @@ rate() {
 KINDS=(zdb dir http route2 disperse42 s3 s3raw)
 URL[s3raw]=${URL[s3]}
 cp "$WORK/s3.tni" "$WORK/s3raw.tni"
+if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
+  KINDS+=(mountzdb mounts3)
+  cp "$WORK/zdb.tni" "$WORK/mountzdb.tni"
+  cp "$WORK/s3.tni" "$WORK/mounts3.tni"
+  mkdir -p "$MNT"
+else
+  echo "no root or /dev/fuse: the mount rows are left out" >&2
+fi
+
+# MB/s of a cold sequential read of data.bin through a fresh mount of image $1 (its recorded store).
+mount_rate() {
+  local cache=$WORK/cache t0 t1 bytes
+  rm -rf "$cache"
+  "$BIN" mount "$1" "$MNT" --cache "$cache" --daemon --log "$WORK/mount.log" >/dev/null
+  bytes=$(stat -c %s "$MNT/data.bin")
+  t0=$(date +%s.%N)
+  dd if="$MNT/data.bin" of=/dev/null bs=1M status=none
+  t1=$(date +%s.%N)
+  "$BIN" umount "$MNT" >/dev/null
+  rm -rf "$cache"
+  awk -v b="$bytes" -v a="$t0" -v c="$t1" 'BEGIN { printf "%d\n", b / (c - a) / 1e6 }'
+}
 RESULTS=$WORK/results
 : >"$RESULTS"
 for round in $(seq "$RUNS"); do
@@ -121,9 +147,11 @@ for round in $(seq "$RUNS"); do
   printf 'baseline\t%s\t%s\n' "$round" "$base" >>"$RESULTS"
   for i in $(shuf -i 0-$((${#KINDS[@]} - 1))); do
     kind=${KINDS[$i]}
-    mode=decode
-    [ "$kind" = s3raw ] && mode=
-    r=$(rate "$WORK/$kind.tni" "${URL[$kind]}" $mode)
+    case $kind in
+      mount*) r=$(mount_rate "$WORK/$kind.tni") ;;
+      s3raw) r=$(rate "$WORK/$kind.tni" "${URL[$kind]}") ;;
+      *) r=$(rate "$WORK/$kind.tni" "${URL[$kind]}" decode) ;;
+    esac
     printf '%s\t%s\t%s\n' "$kind" "$round" "$r" >>"$RESULTS"
   done
 done
@@ -143,6 +171,8 @@ declare -A LABEL=(
   [disperse42]="disperse:4+2 (six zdb servers)"
   [s3]="s3:// (SeaweedFS weed mini)"
   [s3raw]="raw s3:// fetch, no decode (SeaweedFS)"
+  [mountzdb]="cold read through thinnode mount, zdb:// store"
+  [mounts3]="cold read through thinnode mount, s3:// store"
 )
 for kind in "${KINDS[@]}"; do
   mbs=$(awk -F'\t' -v k="$kind" '$1 == k { print $3 }' "$RESULTS" | median)
