@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use mount::daemon::{self, MountConfig, MountRecord, MountedImage};
 
-use crate::{io_err, Error, LayerKind, LayerMetadata, OverlayLayer, OverlayOptions, Result};
+use crate::{
+    io_err, BlocksLayer, BlocksMount, BlocksOptions, Error, LayerKind, LayerMetadata, OverlayLayer,
+    OverlayOptions, Result,
+};
 
 /// Name of the read-only image mountpoint inside a layer directory.
 pub const LOWER_DIR: &str = "lower";
@@ -17,6 +20,7 @@ pub const LOWER_DIR: &str = "lower";
 /// The write layer on top of the image.
 enum Top {
     Overlay(OverlayLayer),
+    Blocks(BlocksMount),
 }
 
 /// An image mounted read-only with a write layer on top, served by this process until unmounted.
@@ -103,7 +107,10 @@ impl LayeredMount {
                 layer.mount(&lower, &target)?;
                 Top::Overlay(layer)
             }
-            LayerKind::Blocks => return Err(Error::UnsupportedKind(LayerKind::Blocks)),
+            LayerKind::Blocks => {
+                let layer = BlocksLayer::open_or_create(&layer_dir, BlocksOptions::default())?;
+                Top::Blocks(layer.mount(&lower, &target)?)
+            }
         };
         stacked.top = Some(top);
         daemon::write_record(&MountRecord {
@@ -144,6 +151,7 @@ impl LayeredMount {
     pub fn is_running(&self) -> bool {
         let top_up = match &self.top {
             Some(Top::Overlay(layer)) => overlay_mounted(layer, &self.target),
+            Some(Top::Blocks(mount)) => mount.is_running(),
             None => false,
         };
         top_up && daemon::is_mountpoint(&self.lower)
@@ -180,6 +188,11 @@ impl LayeredMount {
                             explanation: "lazy detach failed".into(),
                         });
                     }
+                }
+            }
+            Some(Top::Blocks(mount)) => {
+                if let Err(e) = mount.unmount() {
+                    result = Err(e);
                 }
             }
             _ => {}

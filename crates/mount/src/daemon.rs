@@ -171,7 +171,7 @@ pub fn read_record(mountpoint: &Path) -> Option<MountRecord> {
     serde_json::from_slice(&text).ok()
 }
 
-/// Removes records left by mount processes that no longer run (killed daemons).
+/// Removes records left by mount processes that no longer run (killed daemons) and whose mount is gone.
 pub fn prune_dead_records() {
     let Ok(entries) = fs::read_dir(RUN_DIR) else {
         return;
@@ -181,7 +181,9 @@ pub fn prune_dead_records() {
         let dead = fs::read(&path)
             .ok()
             .and_then(|text| serde_json::from_slice::<MountRecord>(&text).ok())
-            .is_some_and(|rec| !pid_alive(rec.pid));
+            // A dead daemon's record stays while its mount is still there: `umount` needs it to find
+            // the mount stacked below.
+            .is_some_and(|rec| !pid_alive(rec.pid) && !is_mountpoint(&rec.mountpoint));
         if dead {
             let _ = fs::remove_file(&path);
         }
