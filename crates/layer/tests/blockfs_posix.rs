@@ -187,3 +187,37 @@ fn a_write_into_a_large_base_file_stores_only_its_blocks() {
     );
     assert!(fs::read(s.lower.join("big")).expect("read lower") == base);
 }
+
+#[test]
+fn an_outside_umount_ends_the_session_and_keeps_the_writes() {
+    if !fuse_available("an_outside_umount_ends_the_session_and_keeps_the_writes") {
+        return;
+    }
+    let s = setup();
+    fs::write(s.lower.join("f"), pattern(5, 20_000)).expect("write base");
+    let layer = BlocksLayer::create(&s.layer_dir, BlocksOptions::default()).expect("create");
+    let m = layer.mount(&s.lower, &s.mnt).expect("mount");
+    assert!(m.is_running());
+    OpenOptions::new()
+        .write(true)
+        .open(s.mnt.join("f"))
+        .expect("open")
+        .write_all_at(b"changed", 9000)
+        .expect("write");
+    nix::mount::umount2(&s.mnt, nix::mount::MntFlags::empty()).expect("umount from outside");
+    let start = std::time::Instant::now();
+    while m.is_running() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "session still running after umount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    m.unmount().expect("unmount after an outside umount");
+    assert!(layer.mount_points().expect("mount points").is_empty());
+    let m = layer.mount(&s.lower, &s.mnt).expect("remount");
+    let mut want = pattern(5, 20_000);
+    want[9000..9007].copy_from_slice(b"changed");
+    assert!(fs::read(s.mnt.join("f")).expect("read") == want);
+    m.unmount().expect("unmount");
+}
