@@ -353,6 +353,41 @@ fn nodes_get_their_own_identity_and_ls_survives_kill_9_of_a_supervisor() {
         .expect("array")
         .iter()
         .all(|n| n["state"] == "stopped"));
+    // promote: n2's own network key is a secret in its view, so a plain promote is refused; with
+    // --strip-secrets the new image has everything but the key.
+    let promoted = tmp.path().join("n2.img");
+    let promoted_s = promoted.to_str().expect("utf-8");
+    let state_s = state.to_str().expect("utf-8");
+    let refused = run(&[
+        "node",
+        "--state-dir",
+        state_s,
+        "promote",
+        "n2",
+        "--out",
+        promoted_s,
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("network/secret_ed25519"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!promoted.exists());
+    node(
+        &state,
+        &["promote", "n2", "--out", promoted_s, "--strip-secrets"],
+    );
+    let restored = tmp.path().join("n2-restored");
+    ok_text(&["unpack", promoted_s, restored.to_str().expect("utf-8")]);
+    assert!(restored
+        .join("chains/testnet/db/full/index_00_16")
+        .is_file());
+    assert!(!restored
+        .join("chains/testnet/network/secret_ed25519")
+        .exists());
+    assert!(!restored.join("regtest/peers.dat").exists());
+
     node(&state, &["rm", "n3"]);
     assert!(!state.join("nodes/n3").exists());
 }

@@ -404,6 +404,9 @@ pub struct PromoteOptions {
     /// Labels to set (replacing the base's of the same key); the base's height and block hash are
     /// dropped unless given here.
     pub labels: Vec<(String, String)>,
+    /// Leave node secrets (the node's own network key, wallets, …) out of the new image instead of
+    /// refusing.
+    pub strip_secrets: bool,
 }
 
 /// What `node promote` did.
@@ -415,10 +418,13 @@ pub struct PromoteSummary {
     pub store: String,
     /// The labels recorded.
     pub labels: Vec<(String, String)>,
+    /// Secrets left out (with `strip_secrets`).
+    pub stripped: Vec<scan::Secret>,
 }
 
 /// Packs a stopped node's base plus layer (its merged view, mounted here) into a new image, uploading
-/// only the chunks the store lacks. Refuses when the merged view holds node secrets.
+/// only the chunks the store lacks. Refuses when the merged view holds node secrets, unless
+/// `strip_secrets` (then they are left out).
 pub fn promote(
     state: &StateDir,
     name: &str,
@@ -452,11 +458,14 @@ pub fn promote(
     let labels: Vec<(String, String)> = labels.into_iter().collect();
     let store = store::open(&store_url)?;
     let mounted = mount_here(state, &record)?;
-    let packed = (|| -> Result<image::PackSummary> {
+    let packed = (|| -> Result<(image::PackSummary, Vec<scan::Secret>)> {
         let data = mounted.target();
         let secrets = scan::find_secrets(data, &[])?;
-        base::refuse_secrets(data, &secrets)?;
+        if !opts.strip_secrets {
+            base::refuse_secrets(data, &secrets)?;
+        }
         let pack_opts = image::PackOptions {
+            exclude: secrets.iter().map(|s| s.relative.clone()).collect(),
             signer: opts.signer.clone(),
             labels: labels.clone(),
             // The base's chunks are known to be in its store: skip their existence checks there.
@@ -466,21 +475,17 @@ pub fn promote(
                 .then(|| record.image.clone()),
             ..Default::default()
         };
-        Ok(image::pack(
-            data,
-            store.as_ref(),
-            &opts.out,
-            &pack_opts,
-            progress,
-        )?)
+        let pack = image::pack(data, store.as_ref(), &opts.out, &pack_opts, progress)?;
+        Ok((pack, secrets))
     })();
     let unmounted = mounted.unmount();
-    let pack = packed?;
+    let (pack, stripped) = packed?;
     unmounted?;
     Ok(PromoteSummary {
         pack,
         store: store.public_url(),
         labels,
+        stripped,
     })
 }
 

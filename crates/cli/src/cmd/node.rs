@@ -126,6 +126,9 @@ enum NodeCommand {
         /// Block hash at that height (label `block_hash`).
         #[arg(long)]
         block_hash: Option<String>,
+        /// Leave node secrets (e.g. the node's own network key) out of the image instead of refusing.
+        #[arg(long)]
+        strip_secrets: bool,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -198,10 +201,15 @@ fn follow_log(path: &std::path::Path, mut offset: u64) -> anyhow::Result<()> {
 
 /// Runs `thinnode node`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // The supervisor logs its life to its log file; commands print their own results and only warn.
+    let default_filter = match args.command {
+        NodeCommand::Supervise { .. } => "info,fuser=error",
+        _ => "warn,fuser=error",
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -348,6 +356,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             sign,
             height,
             block_hash,
+            strip_secrets,
             json,
         } => {
             let signer = match &sign {
@@ -369,6 +378,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 store_url: store,
                 signer,
                 labels,
+                strip_secrets,
             };
             let progress = crate::cmd::base::progress_bar();
             let summary = node::ops::promote(&state, &name, &opts, Some(&progress))
