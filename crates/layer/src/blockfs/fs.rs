@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
@@ -60,6 +60,19 @@ struct BlockSlot {
     users: u32,
 }
 
+/// How the open handles of a layer file (no base) are served; the kernel forbids mixing the two on one
+/// inode.
+#[derive(Default)]
+enum PlainMode {
+    /// No handle open.
+    #[default]
+    Closed,
+    /// Reads and writes come to this process (`count` handles).
+    Daemon { count: u32 },
+    /// Reads, writes and mmap go straight to the tree file in the kernel (`count` handles).
+    Passthrough { backing: Arc<BackingId>, count: u32 },
+}
+
 /// One tree inode known to the kernel.
 struct Node {
     /// `O_PATH | O_NOFOLLOW` descriptor of the tree inode.
@@ -72,6 +85,7 @@ struct Node {
     /// A directory known to have no lower marker left.
     materialised: AtomicBool,
     blocks: Mutex<BlockSlot>,
+    plain_mode: Mutex<PlainMode>,
 }
 
 impl Node {
@@ -91,7 +105,7 @@ fn proc_fd_path(fd: &File) -> PathBuf {
 /// What an open file handle serves.
 enum Handle {
     /// A file created in the layer: the tree file itself.
-    Plain { file: Arc<File> },
+    Plain { node: Arc<Node>, file: Arc<File> },
     /// A base-backed file.
     Blocks {
         node: Arc<Node>,
@@ -226,6 +240,7 @@ impl LayerState {
             nlookup: AtomicU64::new(1),
             materialised: AtomicBool::new(false),
             blocks: Mutex::new(BlockSlot::default()),
+            plain_mode: Mutex::new(PlainMode::Closed),
         });
         let mut nodes = HashMap::new();
         nodes.insert(ROOT_INO, root);
@@ -305,6 +320,7 @@ impl LayerState {
                         nlookup: AtomicU64::new(1),
                         materialised: AtomicBool::new(false),
                         blocks: Mutex::new(BlockSlot::default()),
+                        plain_mode: Mutex::new(PlainMode::Closed),
                     });
                     nodes.insert(ino, Arc::clone(&node));
                     node
@@ -515,12 +531,69 @@ fn existing(path: &Path) -> io::Result<Option<(u64, u64, bool)>> {
 /// The writable FUSE filesystem of a mounted blocks layer.
 pub(crate) struct BlocksFs {
     state: Arc<LayerState>,
+    /// The kernel accepted FUSE passthrough (decided at init).
+    passthrough: bool,
 }
 
 impl BlocksFs {
     /// A filesystem over `state`.
     pub(crate) fn new(state: Arc<LayerState>) -> BlocksFs {
-        BlocksFs { state }
+        BlocksFs {
+            state,
+            passthrough: false,
+        }
+    }
+
+    /// Counts a new handle of layer file `node`; returns the backing to serve it with passthrough when
+    /// the inode is (or may become) served that way. `open_backing` registers `file` with the kernel.
+    fn plain_open(
+        &self,
+        node: &Node,
+        open_backing: impl FnOnce() -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let mut mode = lock(&node.plain_mode);
+        match &mut *mode {
+            PlainMode::Passthrough { backing, count } => {
+                *count += 1;
+                Some(Arc::clone(backing))
+            }
+            PlainMode::Daemon { count } => {
+                *count += 1;
+                None
+            }
+            PlainMode::Closed => {
+                if self.passthrough {
+                    match open_backing() {
+                        Ok(id) => {
+                            let backing = Arc::new(id);
+                            *mode = PlainMode::Passthrough {
+                                backing: Arc::clone(&backing),
+                                count: 1,
+                            };
+                            return Some(backing);
+                        }
+                        Err(e) => tracing::debug!("passthrough refused: {e}"),
+                    }
+                }
+                *mode = PlainMode::Daemon { count: 1 };
+                None
+            }
+        }
+    }
+
+    /// A handle of layer file `node` was released.
+    fn plain_release(&self, node: &Node) {
+        let mut mode = lock(&node.plain_mode);
+        let last = match &mut *mode {
+            PlainMode::Daemon { count } | PlainMode::Passthrough { count, .. } => {
+                *count = count.saturating_sub(1);
+                *count == 0
+            }
+            PlainMode::Closed => false,
+        };
+        if last {
+            *mode = PlainMode::Closed;
+        }
     }
 
     /// Materialises `parent` and returns it.
@@ -562,6 +635,13 @@ macro_rules! tri {
 
 impl Filesystem for BlocksFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Files created in the layer are served by the kernel from the tree file (FUSE passthrough);
+        // the tree is on a local filesystem, so a stack depth of 1 suffices.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough = true;
+        }
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
@@ -905,9 +985,16 @@ impl Filesystem for BlocksFs {
             if flags.0 & libc::O_TRUNC != 0 {
                 tri!(reply, file.set_len(0).map_err(|e| errno_of(&e)));
             }
-            Handle::Plain {
+            let backing = self.plain_open(&node, || reply.open_backing(&file));
+            let fh = self.state.new_handle(Handle::Plain {
+                node,
                 file: Arc::new(file),
+            });
+            match backing {
+                Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
+                None => reply.opened(FileHandle(fh), FopenFlags::empty()),
             }
+            return;
         };
         let fh = self.state.new_handle(handle);
         reply.opened(FileHandle(fh), FopenFlags::empty());
@@ -1000,6 +1087,9 @@ impl Filesystem for BlocksFs {
         reply: ReplyEmpty,
     ) {
         let handle = lock(&self.state.handles).remove(&fh.0);
+        if let Some(Handle::Plain { node, .. }) = &handle {
+            self.plain_release(node);
+        }
         if let Some(Handle::Blocks { node, file }) = handle {
             drop(file);
             if let Err(e) = self.state.release_blocks(&node) {
@@ -1284,9 +1374,24 @@ impl Filesystem for BlocksFs {
             if flags & libc::O_TRUNC != 0 && existed {
                 tri!(reply, file.set_len(0).map_err(|e| errno_of(&e)));
             }
-            Handle::Plain {
+            let backing = self.plain_open(&node, || reply.open_backing(&file));
+            let fh = self.state.new_handle(Handle::Plain {
+                node,
                 file: Arc::new(file),
+            });
+            let fh = FileHandle(fh);
+            match backing {
+                Some(b) => reply.created_passthrough(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    fh,
+                    FopenFlags::empty(),
+                    &b,
+                ),
+                None => reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::empty()),
             }
+            return;
         };
         let fh = self.state.new_handle(handle);
         reply.created(
