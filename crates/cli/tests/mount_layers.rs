@@ -448,3 +448,170 @@ fn rocksdb_on_each_layer_kind() {
     }
     verify_deep(&image);
 }
+
+/// A litecoind regtest node: its own instance on a random port pair.
+struct Litecoind {
+    datadir: PathBuf,
+    rpcport: u16,
+}
+
+impl Litecoind {
+    fn start(datadir: &Path) -> Litecoind {
+        let (port, rpcport) = (testkit::free_port(), testkit::free_port());
+        let status = Command::new("litecoind")
+            .args(["-regtest", "-daemon", "-listen=0", "-fallbackfee=0.0001"])
+            .arg(format!("-datadir={}", datadir.display()))
+            .arg(format!("-port={port}"))
+            .arg(format!("-rpcport={rpcport}"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("run litecoind (Debian package litecoind)");
+        assert!(status.success(), "litecoind did not start");
+        let node = Litecoind {
+            datadir: datadir.to_path_buf(),
+            rpcport,
+        };
+        let start = Instant::now();
+        while node.try_cli(&["getblockcount"]).is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "litecoind RPC not up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        node
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("litecoin-cli")
+            .arg("-regtest")
+            .arg(format!("-datadir={}", self.datadir.display()))
+            .arg(format!("-rpcport={}", self.rpcport))
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|| panic!("litecoin-cli {args:?} failed"))
+    }
+
+    /// Mines `n` blocks to a fresh address of a wallet named `w`.
+    fn mine(&self, n: u32) {
+        if self.try_cli(&["loadwallet", "w"]).is_none() {
+            let _ = self.try_cli(&["createwallet", "w"]);
+        }
+        let addr = self.cli(&["-rpcwallet=w", "getnewaddress"]);
+        self.cli(&["generatetoaddress", &n.to_string(), &addr]);
+    }
+
+    /// Whether a litecoind process still runs on this data directory.
+    fn running(&self) -> bool {
+        let arg = format!("-datadir={}", self.datadir.display());
+        fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    c.split(|b| *b == 0)
+                        .next()
+                        .is_some_and(|a| a.ends_with(b"litecoind"))
+                        && c.split(|b| *b == 0).any(|a| a == arg.as_bytes())
+                })
+                .unwrap_or(false)
+        })
+    }
+
+    /// Stops the node and waits until its process is gone (it flushes its state on the way out).
+    fn stop(self) {
+        self.shutdown();
+        std::mem::forget(self);
+    }
+
+    fn shutdown(&self) {
+        let _ = self.try_cli(&["stop"]);
+        let start = Instant::now();
+        while self.running() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "litecoind did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Litecoind {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A real litecoind chain (regtest) packed into an image; on each layer kind a node starts on the mount,
+/// mines 10 blocks, stops, and restarts from its layer at its own height. The blocks layer keeps only
+/// the blocks the node wrote; overlay copies every file the node changed (block, undo files) up whole.
+#[test]
+fn litecoind_on_each_layer_kind() {
+    if !fuse_available("litecoind_on_each_layer_kind") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (src, store, image) = (
+        t.path().join("chain"),
+        t.path().join("store"),
+        t.path().join("img"),
+    );
+    fs::create_dir_all(&src).unwrap();
+    let node = Litecoind::start(&src);
+    node.mine(200);
+    assert_eq!(node.cli(&["getblockcount"]), "200");
+    node.stop();
+    // Wallets and peer lists are per node, never part of a base.
+    for p in [
+        "regtest/wallets",
+        "regtest/peers.dat",
+        "regtest/anchors.dat",
+    ] {
+        let _ = fs::remove_dir_all(src.join(p));
+        let _ = fs::remove_file(src.join(p));
+    }
+    pack(&src, &store, &image, &[]);
+    let mut layers = Vec::new();
+    for kind in ["blocks", "overlay"] {
+        let (mnt, layer, cache) = (
+            t.path().join(format!("mnt-{kind}")),
+            t.path().join(format!("layer-{kind}")),
+            t.path().join("cache"),
+        );
+        let m = NodeMount::start(&image, &mnt, &layer, kind, &cache);
+        let node = Litecoind::start(&mnt);
+        assert_eq!(node.cli(&["getblockcount"]), "200", "{kind}: base height");
+        node.mine(10);
+        assert_eq!(node.cli(&["getblockcount"]), "210");
+        node.stop();
+        m.umount();
+        let bytes = layer_bytes(&layer);
+        eprintln!("litecoind {kind}: 10 blocks mined, layer holds {bytes} bytes");
+        layers.push(bytes);
+        // The node restarts from its layer at its own height.
+        let m = NodeMount::start(&image, &mnt, &layer, kind, &cache);
+        let node = Litecoind::start(&mnt);
+        assert_eq!(
+            node.cli(&["getblockcount"]),
+            "210",
+            "{kind}: height after remount"
+        );
+        node.stop();
+        m.umount();
+    }
+    assert!(
+        layers[0] < layers[1],
+        "blocks layer ({}) should hold less than overlay ({})",
+        layers[0],
+        layers[1]
+    );
+    verify_deep(&image);
+}
