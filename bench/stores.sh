@@ -131,12 +131,12 @@ fi
 mount_rate() {
   local cache=$WORK/cache t0 t1 bytes
   rm -rf "$cache"
-  "$BIN" mount "$1" "$MNT" --cache "$cache" --daemon --log "$WORK/mount.log" >/dev/null
+  "$BIN" mount "$1" "$MNT" --cache "$cache" --daemon --log "$WORK/mount.log" >/dev/null 2>&1
   bytes=$(stat -c %s "$MNT/data.bin")
   t0=$(date +%s.%N)
   dd if="$MNT/data.bin" of=/dev/null bs=1M status=none
   t1=$(date +%s.%N)
-  "$BIN" umount "$MNT" >/dev/null
+  "$BIN" umount "$MNT" >/dev/null 2>&1
   rm -rf "$cache"
   awk -v b="$bytes" -v a="$t0" -v c="$t1" 'BEGIN { printf "%d\n", b / (c - a) / 1e6 }'
 }
