@@ -207,11 +207,31 @@ impl SeaweedProcess {
         );
         let config = dir.join("s3.json");
         std::fs::write(&config, identities).expect("write the S3 identity config");
+        // A port taken by someone else between picking and binding makes weed exit: try fresh ports.
+        let mut last_exit = String::new();
+        for _attempt in 0..3 {
+            match Self::launch(&program, dir, &config, buckets) {
+                Ok(process) => return Some(process),
+                Err(why) => last_exit = why,
+            }
+        }
+        panic!("{test}: weed mini did not start: {last_exit}");
+    }
+
+    /// Spawns `weed mini` on fresh ports and waits until it serves every bucket; `Err` when it exited
+    /// first. Panics if it is still not ready after 60 s.
+    fn launch(
+        program: &str,
+        dir: &Path,
+        config: &Path,
+        buckets: &[&str],
+    ) -> Result<SeaweedProcess, String> {
         // master, volume, filer, s3 and admin, each with its gRPC port: ten distinct free ports.
         let ports = free_ports(10);
         let flag = |name: &str, port: u16| format!("-{name}={port}");
-        let log = std::fs::File::create(dir.join("weed.log")).expect("create weed.log");
-        let mut cmd = Command::new(&program);
+        let log_path = dir.join("weed.log");
+        let log = std::fs::File::create(&log_path).expect("create weed.log");
+        let mut cmd = Command::new(program);
         cmd.arg("mini")
             .arg(format!("-dir={}", dir.join("data").display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
@@ -250,20 +270,30 @@ impl SeaweedProcess {
             filer_port: ports[4],
             dir: dir.to_path_buf(),
         };
+        let s3_addr = SocketAddr::from(([127, 0, 0, 1], process.s3_port));
         let timeout = Duration::from_secs(60);
-        wait_for_tcp(SocketAddr::from(([127, 0, 0, 1], process.s3_port)), timeout);
         let start = Instant::now();
-        for bucket in buckets {
-            while !process.filer_has_bucket(bucket) {
-                assert!(
-                    start.elapsed() < timeout,
-                    "{test}: bucket {bucket} not created after {timeout:?}; see {}",
-                    dir.join("weed.log").display()
-                );
-                std::thread::sleep(Duration::from_millis(20));
+        loop {
+            let ready = TcpStream::connect_timeout(&s3_addr, Duration::from_millis(100)).is_ok()
+                && buckets.iter().all(|b| process.filer_has_bucket(b));
+            if ready {
+                return Ok(process);
             }
+            if process_exited(process.child.pid()) {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(format!(
+                    "it exited; last lines of {}: {tail:?}",
+                    log_path.display()
+                ));
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "weed mini not serving buckets {buckets:?} after {timeout:?}; see {}",
+                log_path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        Some(process)
     }
 
     /// Whether the filer holds the bucket's directory (`/buckets/NAME/`), which is when S3 serves it.
@@ -320,6 +350,17 @@ impl SeaweedProcess {
             ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY),
             ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY),
         ]
+    }
+}
+
+/// Whether process `pid` has exited (gone, or a zombie waiting to be reaped).
+fn process_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: "PID (comm) S …".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
     }
 }
 
