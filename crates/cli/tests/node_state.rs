@@ -427,6 +427,61 @@ fn restart_policies_and_logs() {
         &["create", "flaky", "--image", img_s, "--cache", cache_s],
     );
 
+    // --trust: an unsigned image is refused; one signed by the trusted key is accepted.
+    let key = tmp.path().join("publisher.key");
+    let key_s = key.to_str().expect("utf-8");
+    let pub_s = format!("{key_s}.pub");
+    ok_text(&["key", "gen", "--out", key_s]);
+    let state_s = state.to_str().expect("utf-8");
+    let unsigned = run(&[
+        "node",
+        "--state-dir",
+        state_s,
+        "create",
+        "u",
+        "--image",
+        img_s,
+        "--cache",
+        cache_s,
+        "--trust",
+        &pub_s,
+    ]);
+    assert!(
+        !unsigned.status.success(),
+        "an unsigned image is refused under --trust"
+    );
+    assert!(
+        text(&unsigned).contains("not signed"),
+        "{}",
+        text(&unsigned)
+    );
+    assert!(
+        !state.join("nodes/u").exists(),
+        "a failed create leaves nothing behind"
+    );
+    let signed = tmp.path().join("signed.img");
+    let signed_s = signed.to_str().expect("utf-8");
+    ok_text(&[
+        "base",
+        "create",
+        data.to_str().expect("utf-8"),
+        "--store",
+        &store,
+        "--out",
+        signed_s,
+        "--chain",
+        "t",
+        "--sign",
+        key_s,
+    ]);
+    node(
+        &state,
+        &[
+            "create", "s", "--image", signed_s, "--cache", cache_s, "--trust", &pub_s,
+        ],
+    );
+    node(&state, &["rm", "s"]);
+
     // restart=no and a failing command: failed, with the command's output in its log.
     node(
         &state,

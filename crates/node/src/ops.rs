@@ -42,6 +42,8 @@ pub struct CreateOptions {
     pub cache_max_bytes: u64,
     /// Stores to read from instead of the image's.
     pub stores: Vec<String>,
+    /// The public key the image must be signed by (checked at create and at every mount).
+    pub trust: Option<PathBuf>,
 }
 
 /// What `node ls` shows about one node.
@@ -117,7 +119,7 @@ fn mount_here(state: &StateDir, record: &NodeRecord) -> Result<LayeredMount> {
     let data = state.data_dir(&record.name);
     fs::create_dir_all(&data).map_err(io_err("create", &data))?;
     Ok(LayeredMount::mount(
-        mount_config(record),
+        mount_config(record)?,
         &state.layer_dir(&record.name),
         record.layer_kind,
         &data,
@@ -150,8 +152,30 @@ pub fn create(
     if state.exists(&opts.name) {
         return Err(NodeError::NodeExists(opts.name.clone()));
     }
+    let created = create_locked(state, opts);
+    if created.is_err() && !state.exists(&opts.name) {
+        // Leave nothing half-made behind (only once nothing is mounted inside).
+        if clear_mounts(state, &opts.name).is_ok() {
+            let _ = fs::remove_dir_all(state.node_dir(&opts.name));
+        }
+    }
+    created
+}
+
+fn create_locked(
+    state: &StateDir,
+    opts: &CreateOptions,
+) -> Result<(NodeRecord, identity::IdentityReport)> {
     let image_path = fs::canonicalize(&opts.image).map_err(io_err("resolve", &opts.image))?;
     let manifest = image::ImageManifest::open(&image_path)?;
+    let trust = match &opts.trust {
+        Some(path) => {
+            let key = image::read_verifying_key(path)?;
+            manifest.verify_signature(&key)?;
+            Some(fs::canonicalize(path).map_err(io_err("resolve", path))?)
+        }
+        None => None,
+    };
     let key = match &opts.identity_file {
         Some(file) => NetworkKey::read(file)?,
         None => NetworkKey::generate(),
@@ -165,6 +189,7 @@ pub fn create(
         cache_dir: std::path::absolute(&opts.cache_dir).unwrap_or(opts.cache_dir.clone()),
         cache_max_bytes: opts.cache_max_bytes,
         stores: opts.stores.clone(),
+        trust,
         identity: match &opts.identity_file {
             Some(f) => IdentityMode::File(std::path::absolute(f).unwrap_or(f.clone())),
             None => IdentityMode::Generate,
@@ -181,26 +206,14 @@ pub fn create(
         last_exit: None,
         created_at: now_secs(),
     };
-    let result = (|| -> Result<identity::IdentityReport> {
-        key.write(&identity_key_path(state, &opts.name))?;
-        let mounted = mount_here(state, &record)?;
-        let report = apply_identity(state, &record, mounted.target());
-        let unmounted = mounted.unmount();
-        let report = report?;
-        unmounted?;
-        state.write(&record)?;
-        Ok(report)
-    })();
-    match result {
-        Ok(report) => Ok((record, report)),
-        Err(e) => {
-            // Leave nothing half-made behind (only once nothing is mounted inside).
-            if clear_mounts(state, &opts.name).is_ok() {
-                let _ = fs::remove_dir_all(state.node_dir(&opts.name));
-            }
-            Err(e)
-        }
-    }
+    key.write(&identity_key_path(state, &opts.name))?;
+    let mounted = mount_here(state, &record)?;
+    let report = apply_identity(state, &record, mounted.target());
+    let unmounted = mounted.unmount();
+    let report = report?;
+    unmounted?;
+    state.write(&record)?;
+    Ok((record, report))
 }
 
 /// A free TCP port on the loopback interface that no other node has recorded.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -128,6 +129,9 @@ pub struct NodeRecord {
     pub cache_max_bytes: u64,
     /// Stores to read from instead of the image's (empty: the image's).
     pub stores: Vec<String>,
+    /// The public key file the image must be signed by (checked at every mount).
+    #[serde(default)]
+    pub trust: Option<PathBuf>,
     /// How the network identity is set.
     pub identity: IdentityMode,
     /// The command last started (placeholders not yet substituted).
@@ -329,7 +333,14 @@ impl StateDir {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let mut file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+        // 0600: the record may hold store URLs with passwords.
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
         file.write_all(&body).map_err(io_err("write", &tmp))?;
         file.sync_all().map_err(io_err("fsync", &tmp))?;
         fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
@@ -369,6 +380,7 @@ mod tests {
             cache_dir: "/c".into(),
             cache_max_bytes: 1,
             stores: vec![],
+            trust: None,
             identity: IdentityMode::Generate,
             command: vec![],
             restart: RestartPolicy::No,

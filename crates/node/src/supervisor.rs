@@ -74,8 +74,9 @@ pub fn substitute(
         .collect()
 }
 
-/// The mount settings of a node (its image, host cache and stores).
-pub fn mount_config(record: &NodeRecord) -> daemon::MountConfig {
+/// The mount settings of a node (its image, host cache, stores, and the key its image must be signed
+/// by, when it has one).
+pub fn mount_config(record: &NodeRecord) -> Result<daemon::MountConfig> {
     let mut config = daemon::MountConfig::new(
         record.image.clone(),
         // Replaced by LayeredMount with the mountpoint inside the layer directory.
@@ -87,7 +88,10 @@ pub fn mount_config(record: &NodeRecord) -> daemon::MountConfig {
         },
     );
     config.store_overrides = record.stores.clone();
-    config
+    if let Some(trust) = &record.trust {
+        config.trusted_key = Some(image::read_verifying_key(trust)?);
+    }
+    Ok(config)
 }
 
 /// Appends one line from thinnode (not from the node command) to the node's log.
@@ -233,7 +237,7 @@ fn supervise(state: &StateDir, name: &str, grace: Duration) -> Result<()> {
     let data = state.data_dir(name);
     fs::create_dir_all(&data).map_err(io_err("create", &data))?;
     let mounted = LayeredMount::mount(
-        mount_config(&record),
+        mount_config(&record)?,
         &state.layer_dir(name),
         record.layer_kind,
         &data,

@@ -59,6 +59,9 @@ enum NodeCommand {
         /// Read chunks from this store instead of the ones recorded in the image (repeatable).
         #[arg(long = "store")]
         stores: Vec<String>,
+        /// Require the image to be signed by this public key (checked now and at every mount).
+        #[arg(long)]
+        trust: Option<PathBuf>,
     },
     /// Start a node: mount its data directory and run COMMAND under a supervisor.
     ///
@@ -224,6 +227,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             cache,
             cache_size,
             stores,
+            trust,
         } => {
             let opts = node::ops::CreateOptions {
                 name: name.clone(),
@@ -233,6 +237,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 cache_dir: cache,
                 cache_max_bytes: cache_size,
                 stores,
+                trust,
             };
             let (record, report) =
                 node::ops::create(&state, &opts).with_context(|| format!("node create {name}"))?;
