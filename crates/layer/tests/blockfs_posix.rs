@@ -123,6 +123,8 @@ fn renames_links_and_deletions_persist_across_remount() {
     ));
     // A base directory renamed before it was ever listed keeps showing its base entries.
     fs::rename(s.mnt.join("d"), s.mnt.join("moved")).expect("rename dir");
+    // A base file written (so it has a block map) and then deleted leaves no map behind.
+    fs::write(s.mnt.join("gone"), b"y").expect("write gone");
     fs::remove_file(s.mnt.join("gone")).expect("unlink");
     fs::hard_link(s.mnt.join("a"), s.mnt.join("a2")).expect("link");
     OpenOptions::new()
@@ -133,6 +135,10 @@ fn renames_links_and_deletions_persist_across_remount() {
         .expect("write");
     fs::write(s.mnt.join("moved/new"), b"new file").expect("create");
     m.unmount().expect("unmount");
+    let maps = fs::read_dir(s.layer_dir.join("maps"))
+        .expect("read maps")
+        .count();
+    assert_eq!(maps, 1, "only the written base file `a` keeps a block map");
 
     let m = layer.mount(&s.lower, &s.mnt).expect("remount");
     let mut a = pattern(2, 10_000);

@@ -168,6 +168,16 @@ impl BlocksLayer {
     /// the mount answers. Refused while the layer is mounted elsewhere.
     pub fn mount(&self, lower: &Path, target: &Path) -> Result<BlocksMount> {
         let lower = stdfs::canonicalize(lower).map_err(io_err("resolve lower dir", lower))?;
+        // A dead mount left at the target by a killed server ("Transport endpoint is not connected").
+        let target_abs = std::path::absolute(target).map_err(io_err("resolve", target))?;
+        match mount::daemon::clean_stale_mount(&target_abs) {
+            Ok(true) => tracing::warn!(
+                "{}: detached the dead mount of a killed server",
+                target_abs.display()
+            ),
+            Ok(false) => {}
+            Err(e) => return Err(Error::MountPrecondition(e.to_string())),
+        }
         let target = stdfs::canonicalize(target).map_err(io_err("resolve mount target", target))?;
         for (what, p) in [("lower", &lower), ("target", &target)] {
             let meta = stdfs::metadata(p).map_err(io_err("stat", p))?;
