@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Args {
     /// The directory to pack (a node's data directory).
     dir: PathBuf,
-    /// Where chunks go: dir://PATH or zdb://[user:pass@]host[:port][/namespace].
+    /// Where chunks go: dir://PATH, zdb://[user:pass@]host[:port][/namespace], s3://BUCKET[/PREFIX]?endpoint=…,
+    /// route: …, disperse:K+M … (see docs/stores.md).
     #[arg(long, env = "THINNODE_STORE")]
     store: String,
     /// The image (manifest) file to write.
