@@ -231,8 +231,8 @@ impl BlocksLayer {
             MountOption::Subtype("thinnode-blocks".into()),
             MountOption::DefaultPermissions,
             MountOption::RW,
-            MountOption::Dev,
-            MountOption::Suid,
+            MountOption::NoSuid,
+            MountOption::NoDev,
         ];
         config.acl = SessionACL::All;
         config.n_threads = Some(FUSE_THREADS);
