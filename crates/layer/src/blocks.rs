@@ -236,13 +236,19 @@ impl<B: BaseReader> BlockFile<B> {
         }
         let total = (end - offset) as usize;
         let mut done = 0usize;
+        let last_block = (end - 1) / self.bs();
         while done < total {
             let pos = offset + done as u64;
             let block = pos / self.bs();
-            let in_block = ((block + 1) * self.bs() - pos) as usize;
-            let n = in_block.min(total - done);
+            // One read for the whole run of blocks from the same side (layer or base).
+            let local = self.map.is_local(block);
+            let mut run_end = block + 1;
+            while run_end <= last_block && self.map.is_local(run_end) == local {
+                run_end += 1;
+            }
+            let n = ((run_end * self.bs()).min(end) - pos) as usize;
             let out = &mut buf[done..done + n];
-            if self.map.is_local(block) {
+            if local {
                 read_full(&self.data, pos, out)
                     .map_err(io_err("read layer data", &self.data_path))?;
             } else {
