@@ -5,12 +5,14 @@
 //! promoted height.
 
 mod common;
+mod node_common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ok_stdout, ok_text, BIN};
+use common::{ok_text, BIN};
+use node_common::{node, NodesGuard};
 use testkit::{free_port, fuse_available, ChildGuard, ZdbProcess};
 
 const BASE_HEIGHT: u64 = 200;
@@ -48,12 +50,6 @@ fn wait_rpc(data: &Path, rpc: u16) -> u64 {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn node(state: &Path, args: &[&str]) -> String {
-    let mut full = vec!["node", "--state-dir", state.to_str().expect("utf-8")];
-    full.extend_from_slice(args);
-    ok_stdout(&full)
 }
 
 /// The data dir and RPC port of a running node, from `node ls --json`.
@@ -194,6 +190,7 @@ fn litecoind_nodes_from_one_base_diverge_reset_and_promote() {
 
     // 3. Two nodes, each on its own ports, mining to different addresses.
     let state = tmp.path().join("state");
+    let _nodes = NodesGuard::new(&state);
     let cache = tmp.path().join("cache");
     let cache_s = cache.to_str().expect("utf-8");
     let mut tips = Vec::new();

@@ -3,12 +3,14 @@
 //! layer, which stays small (block-level layer; kernel overlayfs copies ParityDB's files up whole).
 
 mod common;
+mod node_common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ok_stdout, ok_text, BIN};
+use common::{ok_text, BIN};
+use node_common::{node, node_entry, NodesGuard};
 use testkit::fuse_available;
 
 /// The `paritydb-harness` binary, built next to `thinnode` (built here when missing).
@@ -28,23 +30,6 @@ fn harness_binary() -> PathBuf {
     path
 }
 
-fn node(state: &Path, args: &[&str]) -> String {
-    let mut full = vec!["node", "--state-dir", state.to_str().expect("utf-8")];
-    full.extend_from_slice(args);
-    ok_stdout(&full)
-}
-
-fn entry(state: &Path, name: &str) -> serde_json::Value {
-    let ls: serde_json::Value =
-        serde_json::from_str(&node(state, &["ls", "--json"])).expect("json");
-    ls.as_array()
-        .expect("array")
-        .iter()
-        .find(|n| n["name"] == name)
-        .cloned()
-        .expect("listed")
-}
-
 /// Runs `harness ARGS` as node `name`'s command and waits for it to end; returns the final state.
 fn run_as_node(state: &Path, name: &str, harness: &Path, args: &[&str]) -> String {
     let mut full = vec!["start", name, "--", harness.to_str().expect("utf-8")];
@@ -52,7 +37,7 @@ fn run_as_node(state: &Path, name: &str, harness: &Path, args: &[&str]) -> Strin
     node(state, &full);
     let start = Instant::now();
     loop {
-        let e = entry(state, name);
+        let e = node_entry(state, name);
         if e["state"] != "running" {
             return e["state"].as_str().unwrap_or("").to_string();
         }
@@ -96,6 +81,7 @@ fn paritydb_nodes_from_one_base_keep_small_layers() {
     assert!(created.contains("db_type=paritydb"), "{created}");
 
     let state = tmp.path().join("state");
+    let _nodes = NodesGuard::new(&state);
     let cache = tmp.path().join("cache");
     let cache_s = cache.to_str().expect("utf-8");
     // The block layer when this build has it in the layered mount; overlayfs otherwise.
@@ -150,7 +136,7 @@ fn paritydb_nodes_from_one_base_keep_small_layers() {
     }
     println!("{}", node(&state, &["ls"]));
     for name in ["p1", "p2", "p3"] {
-        let layer = entry(&state, name)["layer_bytes"]
+        let layer = node_entry(&state, name)["layer_bytes"]
             .as_u64()
             .expect("layer bytes");
         let pct = 100.0 * layer as f64 / db_bytes as f64;

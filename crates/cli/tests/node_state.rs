@@ -4,6 +4,7 @@
 //! `node ls` after `kill -9` of a supervisor.
 
 mod common;
+mod node_common;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{ok_stdout, ok_text, run, text, BIN};
+use node_common::{node, node_entry, node_ls, NodesGuard};
 use testkit::{fuse_available, ZdbProcess};
 
 /// Number of keys in the zdb server's default namespace (RESP `DBSIZE`).
@@ -44,26 +46,6 @@ fn node_data_dir(root: &Path) -> PathBuf {
     fs::write(data.join("regtest/wallet.dat"), b"wallet").expect("write");
     fs::write(data.join("operator.key"), b"key").expect("write");
     data
-}
-
-fn node(state: &Path, args: &[&str]) -> String {
-    let mut full = vec!["node", "--state-dir", state.to_str().expect("utf-8")];
-    full.extend_from_slice(args);
-    ok_stdout(&full)
-}
-
-fn node_ls(state: &Path) -> serde_json::Value {
-    serde_json::from_str(&node(state, &["ls", "--json"])).expect("ls --json")
-}
-
-fn node_entry(state: &Path, name: &str) -> serde_json::Value {
-    node_ls(state)
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|n| n["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("{name} not listed"))
 }
 
 #[test]
@@ -261,6 +243,7 @@ fn nodes_get_their_own_identity_and_ls_survives_kill_9_of_a_supervisor() {
         "operator.key",
     ]);
     let state = tmp.path().join("state");
+    let _nodes = NodesGuard::new(&state);
     let cache = tmp.path().join("cache");
     let cache_s = cache.to_str().expect("utf-8");
     let given_key = tmp.path().join("given.key");
@@ -416,6 +399,7 @@ fn restart_policies_and_logs() {
         "t",
     ]);
     let state = tmp.path().join("state");
+    let _nodes = NodesGuard::new(&state);
     let cache = tmp.path().join("cache");
     let cache_s = cache.to_str().expect("utf-8");
     node(
