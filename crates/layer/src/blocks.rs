@@ -27,6 +27,32 @@ pub trait BaseReader: Send + Sync {
     fn size(&self, path: &Path) -> io::Result<u64>;
     /// Reads up to `buf.len()` bytes at `offset`; returns the bytes read (0 at end of file).
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// lseek(2) SEEK_DATA / SEEK_HOLE on the base file (`whence`); `None` past the last data (ENXIO).
+    /// The default knows no holes: everything before the end is data.
+    fn seek(&self, path: &Path, offset: u64, whence: i32) -> io::Result<Option<u64>> {
+        let size = self.size(path)?;
+        Ok(match whence {
+            _ if offset >= size => None,
+            libc::SEEK_DATA => Some(offset),
+            _ => Some(size),
+        })
+    }
+}
+
+/// lseek(2) SEEK_DATA / SEEK_HOLE on an open file; `None` for ENXIO (no data at or after `offset`).
+pub fn seek_file(file: &File, offset: u64, whence: i32) -> io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    // SAFETY: plain syscall on an open descriptor.
+    let pos = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
+    if pos < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(u64::try_from(pos).ok())
 }
 
 /// A [`BaseReader`] over a plain directory (tests, and local unpacked images).
@@ -49,6 +75,10 @@ impl BaseReader for DirBase {
 
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         File::open(self.root.join(path))?.read_at(buf, offset)
+    }
+
+    fn seek(&self, path: &Path, offset: u64, whence: i32) -> io::Result<Option<u64>> {
+        seek_file(&File::open(self.root.join(path))?, offset, whence)
     }
 }
 
@@ -84,6 +114,18 @@ impl BlockMap {
 
     fn local_blocks(&self) -> u64 {
         self.bits.iter().map(|b| u64::from(b.count_ones())).sum()
+    }
+
+    /// The first block at or after `from` whose locality is `local`, if any within the bitmap (for
+    /// `local == false`, blocks past the bitmap are not local).
+    fn next_with(&self, from: u64, local: bool) -> Option<u64> {
+        let limit = self.bits.len() as u64 * 8;
+        let found = (from..limit).find(|b| self.is_local(*b) == local);
+        match (found, local) {
+            (Some(b), _) => Some(b),
+            (None, true) => None,
+            (None, false) => Some(from.max(limit)),
+        }
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -257,6 +299,67 @@ impl<B: BaseReader> BlockFile<B> {
             done += n;
         }
         Ok(total)
+    }
+
+    /// lseek(2) SEEK_DATA / SEEK_HOLE over the merged file: local blocks are data; elsewhere the base's
+    /// data and holes show up to the visible base limit, and beyond it is a hole. `None` means ENXIO
+    /// (offset at or past the end, or no data after it).
+    pub fn seek(&self, offset: u64, whence: i32) -> Result<Option<u64>> {
+        let size = self.map.size;
+        if offset >= size {
+            return Ok(None);
+        }
+        let bs = self.bs();
+        let limit = self.map.base_limit.min(size);
+        let base_seek = |pos: u64, whence: i32| -> Result<Option<u64>> {
+            self.base
+                .seek(&self.base_path, pos, whence)
+                .map_err(io_err("seek base", &self.base_path))
+        };
+        match whence {
+            libc::SEEK_DATA => {
+                let next_local = self
+                    .map
+                    .next_with(offset / bs, true)
+                    .map(|b| (b * bs).max(offset));
+                let base_data = if offset < limit {
+                    base_seek(offset, libc::SEEK_DATA)?.filter(|p| *p < limit)
+                } else {
+                    None
+                };
+                let found = match (next_local, base_data) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                Ok(found.filter(|p| *p < size))
+            }
+            libc::SEEK_HOLE => {
+                let mut pos = offset;
+                while pos < size {
+                    let block = pos / bs;
+                    if self.map.is_local(block) {
+                        let after = self.map.next_with(block, false).unwrap_or(block + 1);
+                        pos = after * bs;
+                        continue;
+                    }
+                    if pos >= limit {
+                        return Ok(Some(pos));
+                    }
+                    let hole = base_seek(pos, libc::SEEK_HOLE)?.unwrap_or(limit).min(limit);
+                    if hole == pos {
+                        return Ok(Some(pos));
+                    }
+                    // Base data up to `hole`, unless a local block starts before it (still data).
+                    pos = hole;
+                }
+                Ok(Some(size))
+            }
+            _ => Err(Error::Io {
+                action: "seek",
+                path: self.data_path.clone(),
+                source: io::Error::from_raw_os_error(libc::EINVAL),
+            }),
+        }
     }
 
     /// Base bytes at `pos`, zeros beyond the visible base.
@@ -564,6 +667,38 @@ mod tests {
         drop(f);
         let f = open(&s);
         assert!(read_all(&f) == base[..BS as usize + 7]);
+    }
+
+    #[test]
+    fn seek_data_and_hole_merge_local_blocks_over_the_base_holes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = tmp.path().join("base");
+        fs::create_dir_all(&base).expect("mkdir");
+        let k = 1024u64;
+        let size = 1024 * k + 8 * k;
+        let f = File::create(base.join("f")).expect("create");
+        f.write_all_at(&[1u8; 8192], 0).expect("write");
+        f.write_all_at(&[2u8; 8192], 1024 * k).expect("write");
+        drop(f);
+        let (data, map) = (tmp.path().join("f.data"), tmp.path().join("f.map"));
+        let mut f =
+            BlockFile::open(DirBase::new(&base), Path::new("f"), &data, &map, BS).expect("open");
+        f.write_at(512 * k + 10, b"local").expect("write");
+        let (d, h) = (libc::SEEK_DATA, libc::SEEK_HOLE);
+        let seek = |f: &BlockFile<DirBase>, at: u64, w: i32| f.seek(at, w).expect("seek");
+        assert_eq!(seek(&f, 0, d), Some(0));
+        assert_eq!(seek(&f, 0, h), Some(8 * k));
+        assert_eq!(seek(&f, 8 * k, d), Some(512 * k));
+        assert_eq!(seek(&f, 512 * k + 7, h), Some(516 * k));
+        assert_eq!(seek(&f, 516 * k, d), Some(1024 * k));
+        assert_eq!(seek(&f, 1024 * k, h), Some(size));
+        assert_eq!(seek(&f, size, d), None);
+        // A shrink hides the base beyond it: nothing but the local block is data past 8 KiB.
+        f.truncate(600 * k).expect("shrink");
+        f.truncate(2048 * k).expect("extend");
+        assert_eq!(seek(&f, 8 * k, d), Some(512 * k));
+        assert_eq!(seek(&f, 516 * k, d), None);
+        assert_eq!(seek(&f, 516 * k, h), Some(516 * k));
     }
 
     #[test]

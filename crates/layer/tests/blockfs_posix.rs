@@ -227,3 +227,40 @@ fn an_outside_umount_ends_the_session_and_keeps_the_writes() {
     assert!(fs::read(s.mnt.join("f")).expect("read") == want);
     m.unmount().expect("unmount");
 }
+
+fn seek(f: &std::fs::File, at: u64, whence: i32) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open descriptor.
+    let pos = unsafe { libc::lseek(f.as_raw_fd(), at as i64, whence) };
+    u64::try_from(pos).ok()
+}
+
+#[test]
+fn holes_of_a_sparse_base_file_show_through_the_mount() {
+    if !fuse_available("holes_of_a_sparse_base_file_show_through_the_mount") {
+        return;
+    }
+    let s = setup();
+    let mib = 1u64 << 20;
+    let f = fs::File::create(s.lower.join("sparse")).expect("create");
+    f.write_all_at(&[1u8; 8192], 0).expect("write");
+    f.write_all_at(&[2u8; 8192], 4 * mib).expect("write");
+    drop(f);
+    let layer = BlocksLayer::create(&s.layer_dir, BlocksOptions::default()).expect("create");
+    let m = layer.mount(&s.lower, &s.mnt).expect("mount");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(s.mnt.join("sparse"))
+        .expect("open");
+    f.write_all_at(b"in the hole", 2 * mib + 100)
+        .expect("write");
+    let (d, h) = (libc::SEEK_DATA, libc::SEEK_HOLE);
+    assert_eq!(seek(&f, 0, h), Some(8192));
+    assert_eq!(seek(&f, 8192, d), Some(2 * mib));
+    assert_eq!(seek(&f, 2 * mib, h), Some(2 * mib + 4096));
+    assert_eq!(seek(&f, 2 * mib + 4096, d), Some(4 * mib));
+    assert_eq!(seek(&f, 4 * mib, h), Some(4 * mib + 8192));
+    drop(f);
+    m.unmount().expect("unmount");
+}

@@ -49,6 +49,10 @@ impl BaseReader for LowerFile {
     fn read_at(&self, _path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.file.read_at(buf, offset)
     }
+
+    fn seek(&self, _path: &Path, offset: u64, whence: i32) -> io::Result<Option<u64>> {
+        crate::blocks::seek_file(&self.file, offset, whence)
+    }
 }
 
 type SharedBlockFile = Arc<RwLock<BlockFile<LowerFile>>>;
@@ -1455,22 +1459,23 @@ impl Filesystem for BlocksFs {
                 }
             }
             HandleIo::Blocks(file) => {
-                let size = file.read().unwrap_or_else(|p| p.into_inner()).size();
                 let Ok(off) = u64::try_from(offset) else {
                     return reply.error(Errno::ENXIO);
                 };
-                if off >= size {
-                    return reply.error(Errno::ENXIO);
+                if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+                    return reply.error(Errno::EINVAL);
                 }
-                // A base-backed file is all data as far as callers can tell.
-                let pos = match whence {
-                    libc::SEEK_DATA => off,
-                    libc::SEEK_HOLE => size,
-                    _ => return reply.error(Errno::EINVAL),
-                };
-                match i64::try_from(pos) {
-                    Ok(p) => reply.offset(p),
-                    Err(_) => reply.error(Errno::EOVERFLOW),
+                let found = file
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .seek(off, whence);
+                match found {
+                    Ok(Some(pos)) => match i64::try_from(pos) {
+                        Ok(p) => reply.offset(p),
+                        Err(_) => reply.error(Errno::EOVERFLOW),
+                    },
+                    Ok(None) => reply.error(Errno::ENXIO),
+                    Err(e) => reply.error(layer_errno(&e)),
                 }
             }
         }
