@@ -72,6 +72,7 @@ const BASE_FILES: &[(&str, u64, usize)] = &[
     ("mmap.bin", 12, 4 * BLOCK + 100),
     ("append.log", 13, 1_000),
     ("punch.bin", 14, 4 * BLOCK),
+    ("concurrent.bin", 16, 8 * (BLOCK / 2 + 3)),
 ];
 
 fn base_content(name: &str) -> Vec<u8> {
@@ -141,6 +142,7 @@ pub fn checks() -> Vec<Check> {
         base_append true,
         base_punch_hole true,
         base_symlink true,
+        base_concurrent_writes true,
     ]
 }
 
@@ -624,7 +626,6 @@ fn concurrent_files(d: &Path) -> CheckResult {
 
 fn concurrent_one_file(d: &Path) -> CheckResult {
     let p = d.join("f");
-    let slice = BLOCK / 2 + 3;
     let f = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -632,8 +633,14 @@ fn concurrent_one_file(d: &Path) -> CheckResult {
         .write(true)
         .open(&p)
         .ctx("create")?;
-    f.set_len(8 * slice as u64).ctx("set_len")?;
-    let f = &f;
+    f.set_len(8 * (BLOCK / 2 + 3) as u64).ctx("set_len")?;
+    write_slices_concurrently(&p, &f)
+}
+
+/// 8 threads write (20 times) and read back their own slice of `f` (slices straddle block borders),
+/// then the whole file must hold every thread's slice.
+fn write_slices_concurrently(p: &Path, f: &File) -> CheckResult {
+    let slice = BLOCK / 2 + 3;
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..8u64)
             .map(|t| {
@@ -655,7 +662,7 @@ fn concurrent_one_file(d: &Path) -> CheckResult {
             .try_for_each(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
     })?;
     let want: Vec<u8> = (0..8u64).flat_map(|t| pattern(300 + t, slice)).collect();
-    same_bytes("whole file", &read(&p)?, &want)
+    same_bytes("whole file", &read(p)?, &want)
 }
 
 // ---- base-tree checks (copy-up) ----
@@ -822,6 +829,16 @@ fn base_punch_hole(b: &Path) -> CheckResult {
     let mut want = base_content("punch.bin");
     want[BLOCK / 2..BLOCK / 2 + 2 * BLOCK].fill(0);
     same_bytes("after punch", &read(&p)?, &want)
+}
+
+fn base_concurrent_writes(b: &Path) -> CheckResult {
+    let p = b.join("concurrent.bin");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .ctx("open")?;
+    write_slices_concurrently(&p, &f)
 }
 
 fn base_symlink(b: &Path) -> CheckResult {
