@@ -4,6 +4,7 @@
 # giving a new node the same data dir, measured in the same run:
 #   tar|zstd  = extract a `tar | zstd -1` snapshot of the data dir, then start the node (baseline)
 #   cp -a     = plain copy of the data dir from local disk, then start the node
+#   unpack    = `thinnode unpack` of the base image (full restore from zdb), then start the node
 #   thinnode  = `thinnode node create` + `node start` from the image (chunks in our zdb on loopback):
 #               cold (fresh host cache, page cache dropped) and warm (a second node on the same host
 #               cache, as every further node on a host is)
@@ -79,7 +80,7 @@ tar -C "$chain" -cf - . | zstd -q -1 -T0 -o "$WORK/snapshot.tar.zst"
 snap_ms=$(ms "$t0")
 echo "   one-time: base create $pack_ms ms, tar|zstd snapshot $snap_ms ms ($(( $(stat -c %s "$WORK/snapshot.tar.zst") / 1048576 )) MiB)"
 
-declare -a T_TAR T_CP T_COLD T_WARM
+declare -a T_TAR T_CP T_UNPACK T_COLD T_WARM
 rpc=$((port + 100))
 for r in $(seq "$RUNS"); do
   # tar|zstd baseline
@@ -91,6 +92,11 @@ for r in $(seq "$RUNS"); do
   d=$WORK/cp-node; drop_caches
   t0=$(now); cp -a "$chain" "$d"
   run_litecoind "$d" $rpc; wait_rpc "$d" $rpc; T_CP+=("$(ms "$t0")")
+  stop_node "$d" $rpc; rm -rf "$d"
+  # thinnode unpack (full restore of the image)
+  d=$WORK/unpack-node; drop_caches
+  t0=$(now); "$T" unpack "$WORK/chain.img" "$d" >/dev/null
+  run_litecoind "$d" $rpc; wait_rpc "$d" $rpc; T_UNPACK+=("$(ms "$t0")")
   stop_node "$d" $rpc; rm -rf "$d"
   # thinnode, cold host cache, then a second node on the warm cache
   rm -rf "$WORK/cache"; drop_caches
@@ -104,11 +110,12 @@ for r in $(seq "$RUNS"); do
     "$T" node stop "$kind" >/dev/null
     "$T" node rm "$kind" >/dev/null
   done
-  echo "   run $r: tar|zstd ${T_TAR[-1]} ms, cp -a ${T_CP[-1]} ms, thinnode cold ${T_COLD[-1]} ms, warm ${T_WARM[-1]} ms"
+  echo "   run $r: tar|zstd ${T_TAR[-1]} ms, cp -a ${T_CP[-1]} ms, unpack ${T_UNPACK[-1]} ms, thinnode cold ${T_COLD[-1]} ms, warm ${T_WARM[-1]} ms"
 done
 
 m_tar=$(printf '%s\n' "${T_TAR[@]}" | median)
 m_cp=$(printf '%s\n' "${T_CP[@]}" | median)
+m_unpack=$(printf '%s\n' "${T_UNPACK[@]}" | median)
 m_cold=$(printf '%s\n' "${T_COLD[@]}" | median)
 m_warm=$(printf '%s\n' "${T_WARM[@]}" | median)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
@@ -135,6 +142,7 @@ echo "| way to a ready node (first RPC answered) | median ms | ratio to tar\\|zs
 echo "|---|---:|---:|---:|"
 echo "| extract tar\\|zstd snapshot + start (baseline) | $m_tar | 1.000 | $(ratio "$m_tar" "$m_cp") |"
 echo "| cp -a + start | $m_cp | $(ratio "$m_cp" "$m_tar") | 1.000 |"
+echo "| thinnode unpack (full restore from zdb) + start | $m_unpack | $(ratio "$m_unpack" "$m_tar") | $(ratio "$m_unpack" "$m_cp") |"
 echo "| thinnode node create + start, cold host cache | $m_cold | $(ratio "$m_cold" "$m_tar") | $(ratio "$m_cold" "$m_cp") |"
 echo "| thinnode node create + start, warm host cache | $m_warm | $(ratio "$m_warm" "$m_tar") | $(ratio "$m_warm" "$m_cp") |"
 echo
