@@ -42,8 +42,12 @@ pub fn free_port() -> u16 {
 pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) {
     let start = Instant::now();
     while start.elapsed() < timeout {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return;
+        // A connect to a free ephemeral port can connect to itself (TCP simultaneous open) when the
+        // kernel happens to pick that port as the source: that is not a server.
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            if s.local_addr().ok() != s.peer_addr().ok() {
+                return;
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -71,6 +75,13 @@ impl ChildGuard {
         if let Some(c) = &self.child {
             unsafe { libc::kill(c.id() as i32, signal) };
         }
+    }
+
+    /// The child's exit status if it has exited (`None` while it runs or when there is no child).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Kills the child with SIGKILL and waits for it to exit.
@@ -118,12 +129,13 @@ pub struct ZdbProcess {
 
 impl ZdbProcess {
     /// Starts `program` (the binary followed by any leading arguments, such as `["thinnode", "zdb"]`)
-    /// with `--data DIR/data --index DIR/index --listen 127.0.0.1 --port P` plus `extra`, and waits until it
-    /// accepts connections.
+    /// with `--data DIR/data --index DIR/index --listen 127.0.0.1 --port 0` plus `extra`, and waits until
+    /// it says which port it listens on. The server picks the port itself, so two servers started at the
+    /// same moment never race for one picked in advance (and a test never talks to another's server).
     pub fn start(program: &[&str], dir: &Path, extra: &[&str]) -> Self {
         let mut z = ZdbProcess {
             child: ChildGuard { child: None },
-            port: free_port(),
+            port: 0,
             dir: dir.to_path_buf(),
             program: program.iter().map(|s| s.to_string()).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -132,7 +144,8 @@ impl ZdbProcess {
         z
     }
 
-    /// (Re)starts the server on the same port and directories (after `kill`).
+    /// (Re)starts the server on the same port and directories (after `kill`); the first start takes the
+    /// port the server picks. Returns once this server (not merely something) listens.
     pub fn restart(&mut self) {
         self.child.kill();
         let mut cmd = Command::new(&self.program[0]);
@@ -143,8 +156,46 @@ impl ZdbProcess {
             .arg(self.dir.join("index"))
             .args(["--listen", "127.0.0.1", "--port", &self.port.to_string()])
             .args(&self.extra)
-            .stdin(Stdio::null());
-        self.child = ChildGuard::new(cmd.spawn().expect("spawn zdb server"));
+            // The readiness line is logged at info level; keep it whatever RUST_LOG the tests run with.
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn zdb server");
+        let stderr = child.stderr.take().expect("piped stderr");
+        self.child = ChildGuard::new(child);
+        // Forward the server's log to ours, and pick out the address it reports once it listens.
+        let (tx, rx) = std::sync::mpsc::channel::<u16>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                if let Some(port) = line
+                    .split_once("listening on 127.0.0.1:")
+                    .and_then(|(_, rest)| rest.trim().parse::<u16>().ok())
+                {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(port) => {
+                assert!(
+                    self.port == 0 || port == self.port,
+                    "zdb server listens on {port}, expected {}",
+                    self.port
+                );
+                self.port = port;
+            }
+            Err(_) => panic!(
+                "zdb server {:?} did not report listening on 127.0.0.1 within 20 s (exited: {:?})",
+                self.program,
+                self.child.try_wait()
+            ),
+        }
         wait_for_tcp(
             SocketAddr::from(([127, 0, 0, 1], self.port)),
             Duration::from_secs(20),

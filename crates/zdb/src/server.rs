@@ -120,6 +120,19 @@ async fn bind(args: &ServerArgs) -> Result<Listener, ZdbError> {
     Ok(Listener::Tcp(l))
 }
 
+/// `args` with `--port 0` replaced by the port the listener got, so the server names itself (hooks) by
+/// the address clients really use.
+fn with_bound_port(mut args: ServerArgs, listener: &Listener) -> ServerArgs {
+    if let Listener::Tcp(l) = listener {
+        if args.port == 0 {
+            if let Ok(addr) = l.local_addr() {
+                args.port = addr.port();
+            }
+        }
+    }
+    args
+}
+
 async fn accept_loop(db: Arc<Database>, listener: Listener, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -207,15 +220,16 @@ pub fn start_background(args: ServerArgs) -> Result<RunningServer, ZdbError> {
             };
             rt.block_on(async move {
                 warn_no_admin(&args);
-                let db = match open_database(&args) {
-                    Ok(db) => db,
+                let listener = match bind(&args).await {
+                    Ok(l) => l,
                     Err(e) => {
                         let _ = ready_tx.send(Err(ZdbError::Thread(e.to_string())));
                         return Err(e);
                     }
                 };
-                let listener = match bind(&args).await {
-                    Ok(l) => l,
+                let args = with_bound_port(args, &listener);
+                let db = match open_database(&args) {
+                    Ok(db) => db,
                     Err(e) => {
                         let _ = ready_tx.send(Err(ZdbError::Thread(e.to_string())));
                         return Err(e);
@@ -329,8 +343,9 @@ pub fn run(args: ServerArgs) -> Result<(), ZdbError> {
     let rt = runtime()?;
     rt.block_on(async move {
         warn_no_admin(&args);
-        let db = open_database(&args)?;
         let listener = bind(&args).await?;
+        let args = with_bound_port(args, &listener);
+        let db = open_database(&args)?;
         match &listener {
             Listener::Tcp(l) => {
                 if let Ok(a) = l.local_addr() {
