@@ -4,7 +4,8 @@
 //! Layout under the cache root:
 //! - `chunks/<first two hex digits>/<chunk id hex>`: one verified plaintext chunk per file;
 //! - `files/<file key>`: a regular file assembled from cached chunks (passthrough backing);
-//! - `tmp/`: entries being written; an entry becomes visible only by `rename` after its bytes were
+//! - `tmp/`: assembled files being written (chunks are written as unnamed `O_TMPFILE` files in their
+//!   own directory instead); an entry becomes visible only by `linkat`/`rename` after its bytes were
 //!   verified and synced, so a crash mid-write never leaves a partial entry that looks valid;
 //! - `evict.lock`: `flock`ed while one process evicts, so processes sharing the cache do not race.
 //!
@@ -184,8 +185,8 @@ impl HostCache {
         Ok(Some(buf))
     }
 
-    /// Stores the verified plaintext of chunk `id`. Writes a temporary file, syncs it (when durable) and
-    /// renames it into place, so readers see either nothing or the whole entry.
+    /// Stores the verified plaintext of chunk `id`. The entry is written unnamed, synced (when durable) and
+    /// only then named, so readers see either nothing or the whole entry.
     pub fn insert(&self, id: &ChunkId, plaintext: &[u8]) -> Result<(), CacheError> {
         let path = self.chunk_path(id);
         if fs::metadata(&path).is_ok_and(|m| m.len() == plaintext.len() as u64) {
@@ -194,6 +195,89 @@ impl HostCache {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
         }
+        match self.insert_unnamed(&path, plaintext) {
+            Ok(()) => {}
+            // Filesystems without O_TMPFILE: a named temporary file, then rename.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)
+                ) =>
+            {
+                self.insert_renamed(id, &path, plaintext)?
+            }
+            Err(e) => return Err(io_err(&path, e)),
+        }
+        self.added(plaintext.len() as u64);
+        Ok(())
+    }
+
+    /// Writes the entry as an unnamed file in its final directory (`O_TMPFILE`), syncs it when durable,
+    /// then gives it its name with `linkat`: no temporary name, no cross-directory rename (which the
+    /// kernel serialises filesystem-wide), and a crash leaves nothing behind.
+    fn insert_unnamed(&self, path: &Path, plaintext: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .mode(0o644)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)?;
+        f.write_all(plaintext)?;
+        if self.durable {
+            f.sync_data()?;
+        }
+        let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .map_err(io::Error::other)?;
+        let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(io::Error::other)?;
+        // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                proc_path.as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+        // Another writer (thread or process) linked the chunk first: the same verified bytes, unless
+        // the entry there is damaged (wrong length), which is replaced.
+        if fs::metadata(path).is_ok_and(|m| m.len() == plaintext.len() as u64) {
+            return Ok(());
+        }
+        fs::remove_file(path)?;
+        // SAFETY: as above.
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                proc_path.as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+            return Ok(());
+        }
+        Err(io::Error::last_os_error())
+    }
+
+    /// The fallback of [`Self::insert_unnamed`]: a temporary file in `tmp/`, then `rename`.
+    fn insert_renamed(
+        &self,
+        id: &ChunkId,
+        path: &Path,
+        plaintext: &[u8],
+    ) -> Result<(), CacheError> {
         let tmp = self.temp_path(&id.to_hex());
         let write = || -> io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -207,11 +291,10 @@ impl HostCache {
             let _ = fs::remove_file(&tmp);
             return Err(io_err(&tmp, e));
         }
-        if let Err(e) = fs::rename(&tmp, &path) {
+        if let Err(e) = fs::rename(&tmp, path) {
             let _ = fs::remove_file(&tmp);
-            return Err(io_err(&path, e));
+            return Err(io_err(path, e));
         }
-        self.added(plaintext.len() as u64);
         Ok(())
     }
 
@@ -395,6 +478,31 @@ mod tests {
             .expect("read")
             .expect("hit");
         assert_eq!(tail, &data[9_990..]);
+    }
+
+    #[test]
+    fn inserts_leave_no_temporary_files_and_replace_a_damaged_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = open(dir.path(), 1 << 30);
+        let id = ChunkId::of(b"y");
+        // A damaged entry (wrong length) already in place is replaced by the verified bytes.
+        let path = cache.chunk_path(&id);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(&path, b"torn").expect("write");
+        cache.insert(&id, b"whole entry").expect("insert");
+        assert_eq!(fs::read(&path).expect("read"), b"whole entry");
+        // Inserting the same chunk again (another writer) is a no-op.
+        cache.insert(&id, b"whole entry").expect("insert again");
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("tmp"))
+            .expect("tmp dir")
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+        let names: Vec<_> = fs::read_dir(path.parent().expect("parent"))
+            .expect("chunk dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "only the entry itself: {names:?}");
     }
 
     #[test]
