@@ -202,8 +202,9 @@ fn settle_flight(flights: &FlightTable, id: &ChunkId, result: FlightResult) {
 
 /// Chunks waiting to be written to the host cache, at most this many (back-pressure on fetching).
 const CACHE_WRITE_QUEUE: usize = 64;
-/// Threads writing fetched chunks to the host cache.
-const CACHE_WRITERS: usize = 4;
+/// Threads writing fetched chunks to the host cache (16 measured best on a cold read: fewer let fetched
+/// chunks queue behind the writers; see docs/benchmarks.md, mount section).
+const CACHE_WRITERS: usize = 16;
 
 /// Token bucket over bytes.
 struct RateLimiter {

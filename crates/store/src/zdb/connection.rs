@@ -346,8 +346,13 @@ impl Connection {
     ) -> Result<(), StoreError> {
         let start = self.read_start + header_len;
         let have = (self.read_end.saturating_sub(start)).min(value_len);
-        value.clear();
-        value.resize(value_len, 0);
+        // Reuse the buffer without zeroing it again: every byte is overwritten below (or an error is
+        // returned and the buffer is not used).
+        if value.len() < value_len {
+            value.resize(value_len, 0);
+        } else {
+            value.truncate(value_len);
+        }
         let (received, rest) = value.split_at_mut(have);
         received.copy_from_slice(self.read_buf.get(start..start + have).unwrap_or_default());
         self.read_start = start + have;
