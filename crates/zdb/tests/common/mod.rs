@@ -161,9 +161,10 @@ impl Logged {
     }
 }
 
-/// Starts the binary with `--data dir/data --index dir/index` on a free port, stderr to `dir/<name>.log`.
+/// Starts the binary with `--data dir/data --index dir/index` on a port it picks itself (`--port 0`),
+/// stderr to `dir/<name>.log`; the port is read from the server's own "listening on" line, so the test
+/// can never reach another test's server.
 pub fn start_logged(dir: &Path, name: &str, extra: &[&str]) -> Logged {
-    let port = testkit::free_port();
     let log = dir.join(format!("{name}.log"));
     let f = std::fs::File::create(&log).unwrap();
     let child = std::process::Command::new(zdb_bin())
@@ -171,14 +172,33 @@ pub fn start_logged(dir: &Path, name: &str, extra: &[&str]) -> Logged {
         .arg(dir.join("data"))
         .arg("--index")
         .arg(dir.join("index"))
-        .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--listen", "127.0.0.1", "--port", "0"])
         .args(extra)
+        .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(f.try_clone().unwrap())
         .stderr(f)
         .spawn()
         .unwrap();
-    let child = testkit::ChildGuard::new(child);
+    let mut child = testkit::ChildGuard::new(child);
+    let start = std::time::Instant::now();
+    let port = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(port) = text.lines().find_map(|l| {
+            l.split_once("listening on 127.0.0.1:")
+                .and_then(|(_, p)| p.trim().parse::<u16>().ok())
+        }) {
+            break port;
+        }
+        if let Some(status) = child.try_wait() {
+            panic!("zdb server exited ({status}) before listening:\n{text}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "zdb server did not listen within 20 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
     testkit::wait_for_tcp(
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_secs(20),
