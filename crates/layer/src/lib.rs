@@ -171,6 +171,20 @@ impl LayerMetadata {
         Ok(meta)
     }
 
+    /// Reads the metadata of the layer in `dir`, which must be a layer of `kind` ([`Error::WrongKind`]
+    /// otherwise).
+    pub fn read_kind(dir: &Path, kind: LayerKind) -> Result<LayerMetadata> {
+        let meta = LayerMetadata::read(dir)?;
+        if meta.kind != kind {
+            return Err(Error::WrongKind {
+                path: dir.to_path_buf(),
+                found: meta.kind,
+                wanted: kind,
+            });
+        }
+        Ok(meta)
+    }
+
     /// Writes the metadata durably (temporary file, fsync, rename, fsync of the directory).
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(METADATA_FILE);
@@ -188,6 +202,23 @@ impl LayerMetadata {
             .map_err(io_err("fsync", dir))?;
         Ok(())
     }
+}
+
+/// Creates `dir` if missing for a new layer, refusing a directory that already holds one; returns the
+/// directory's canonical path.
+pub(crate) fn new_layer_dir(dir: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    match LayerMetadata::read(dir) {
+        Err(Error::NotALayer(_)) => {}
+        Ok(meta) => {
+            return Err(Error::BadMetadata {
+                path: dir.join(METADATA_FILE),
+                reason: format!("a {} layer already exists here", meta.kind),
+            })
+        }
+        Err(e) => return Err(e),
+    }
+    fs::canonicalize(dir).map_err(io_err("resolve", dir))
 }
 
 /// Bytes used by the layer in `dir`, whatever its kind.

@@ -66,18 +66,7 @@ pub struct OverlayLayer {
 impl OverlayLayer {
     /// Creates an overlay layer in `dir` (created if missing; must not already hold a layer).
     pub fn create(dir: &Path, options: OverlayOptions) -> Result<OverlayLayer> {
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        match LayerMetadata::read(dir) {
-            Err(Error::NotALayer(_)) => {}
-            Ok(meta) => {
-                return Err(Error::BadMetadata {
-                    path: dir.join(crate::METADATA_FILE),
-                    reason: format!("a {} layer already exists here", meta.kind),
-                })
-            }
-            Err(e) => return Err(e),
-        }
-        let dir = fs::canonicalize(dir).map_err(io_err("resolve", dir))?;
+        let dir = crate::new_layer_dir(dir)?;
         for sub in [UPPER_DIR, WORK_DIR] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create directory", &p))?;
@@ -94,14 +83,7 @@ impl OverlayLayer {
 
     /// Opens the existing overlay layer in `dir`.
     pub fn open(dir: &Path) -> Result<OverlayLayer> {
-        let meta = LayerMetadata::read(dir)?;
-        if meta.kind != LayerKind::Overlay {
-            return Err(Error::WrongKind {
-                path: dir.to_path_buf(),
-                found: meta.kind,
-                wanted: LayerKind::Overlay,
-            });
-        }
+        let meta = LayerMetadata::read_kind(dir, LayerKind::Overlay)?;
         let options = meta.overlay.ok_or_else(|| Error::BadMetadata {
             path: dir.join(crate::METADATA_FILE),
             reason: "overlay layer without overlay options".into(),

@@ -59,14 +59,7 @@ impl LayeredMount {
     ) -> Result<LayeredMount> {
         fs::create_dir_all(layer_dir).map_err(io_err("create directory", layer_dir))?;
         let layer_dir = fs::canonicalize(layer_dir).map_err(io_err("resolve", layer_dir))?;
-        match LayerMetadata::read(&layer_dir) {
-            Ok(meta) if meta.kind != kind => {
-                return Err(Error::WrongKind {
-                    path: layer_dir,
-                    found: meta.kind,
-                    wanted: kind,
-                })
-            }
+        match LayerMetadata::read_kind(&layer_dir, kind) {
             Ok(_) | Err(Error::NotALayer(_)) => {}
             Err(e) => return Err(e),
         }

@@ -79,18 +79,7 @@ impl BlocksLayer {
                 reason: "block size 0".into(),
             });
         }
-        stdfs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        match LayerMetadata::read(dir) {
-            Err(Error::NotALayer(_)) => {}
-            Ok(meta) => {
-                return Err(Error::BadMetadata {
-                    path: dir.join(METADATA_FILE),
-                    reason: format!("a {} layer already exists here", meta.kind),
-                })
-            }
-            Err(e) => return Err(e),
-        }
-        let dir = stdfs::canonicalize(dir).map_err(io_err("resolve", dir))?;
+        let dir = crate::new_layer_dir(dir)?;
         let layer = BlocksLayer { dir, options };
         layer.make_empty_tree()?;
         LayerMetadata {
@@ -105,14 +94,7 @@ impl BlocksLayer {
 
     /// Opens the existing blocks layer in `dir`.
     pub fn open(dir: &Path) -> Result<BlocksLayer> {
-        let meta = LayerMetadata::read(dir)?;
-        if meta.kind != LayerKind::Blocks {
-            return Err(Error::WrongKind {
-                path: dir.to_path_buf(),
-                found: meta.kind,
-                wanted: LayerKind::Blocks,
-            });
-        }
+        let meta = LayerMetadata::read_kind(dir, LayerKind::Blocks)?;
         let options = meta.blocks.unwrap_or_default();
         if options.block_size == 0 {
             return Err(Error::BadMetadata {
