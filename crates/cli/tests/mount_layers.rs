@@ -122,6 +122,20 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Source directory `name`, dir store and image file of a workload under `root`.
+fn workload_paths(root: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    (root.join(name), root.join("store"), root.join("img"))
+}
+
+/// Mountpoint and layer directory of one layer kind under `root`, and the host cache the kinds share.
+fn kind_paths(root: &Path, kind: &str) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        root.join(format!("mnt-{kind}")),
+        root.join(format!("layer-{kind}")),
+        root.join("cache"),
+    )
+}
+
 fn pack(src: &Path, store: &Path, image: &Path, extra: &[&str]) {
     let url = format!("dir://{}", store.display());
     let mut args = vec!["pack", s(src), "--store", &url, "--out", s(image)];
@@ -146,11 +160,7 @@ fn small_tree(src: &Path) {
 /// the daemon (fsynced data), and `umount` cleans both mounts of the killed daemon.
 fn writes_persist(kind: &str) {
     let t = tempfile::tempdir().unwrap();
-    let (src, store, image) = (
-        t.path().join("src"),
-        t.path().join("store"),
-        t.path().join("img"),
-    );
+    let (src, store, image) = workload_paths(t.path(), "src");
     small_tree(&src);
     pack(&src, &store, &image, &[]);
     let (mnt, layer, cache) = (
@@ -296,22 +306,14 @@ fn paritydb_on_each_layer_kind() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let (src, store, image) = (
-        t.path().join("db"),
-        t.path().join("store"),
-        t.path().join("img"),
-    );
+    let (src, store, image) = workload_paths(t.path(), "db");
     let built = paritydb_harness::build(&src, paritydb_size(), 7).expect("build ParityDB");
     let db_bytes = disk_bytes(&src);
     eprintln!("ParityDB built: {built:?}, {db_bytes} bytes on disk");
     pack(&src, &store, &image, &["--chunk-size", "64K"]);
     let mut report = Vec::new();
     for kind in ["blocks", "overlay"] {
-        let (mnt, layer, cache) = (
-            t.path().join(format!("mnt-{kind}")),
-            t.path().join(format!("layer-{kind}")),
-            t.path().join("cache"),
-        );
+        let (mnt, layer, cache) = kind_paths(t.path(), kind);
         let m = NodeMount::start(&image, &mnt, &layer, kind, &cache);
         let started = Instant::now();
         let expected_blocks;
@@ -397,11 +399,7 @@ fn rocksdb_on_each_layer_kind() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let (src, store, image) = (
-        t.path().join("rocks"),
-        t.path().join("store"),
-        t.path().join("img"),
-    );
+    let (src, store, image) = workload_paths(t.path(), "rocks");
     const KEYS: u64 = 200_000;
     ldb(
         &src,
@@ -417,11 +415,7 @@ fn rocksdb_on_each_layer_kind() {
     let db_bytes = disk_bytes(&src);
     pack(&src, &store, &image, &[]);
     for kind in ["blocks", "overlay"] {
-        let (mnt, layer, cache) = (
-            t.path().join(format!("mnt-{kind}")),
-            t.path().join(format!("layer-{kind}")),
-            t.path().join("cache"),
-        );
+        let (mnt, layer, cache) = kind_paths(t.path(), kind);
         let m = NodeMount::start(&image, &mnt, &layer, kind, &cache);
         ldb(
             &mnt,
@@ -559,11 +553,7 @@ fn litecoind_on_each_layer_kind() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let (src, store, image) = (
-        t.path().join("chain"),
-        t.path().join("store"),
-        t.path().join("img"),
-    );
+    let (src, store, image) = workload_paths(t.path(), "chain");
     fs::create_dir_all(&src).unwrap();
     let node = Litecoind::start(&src);
     node.mine(200);
@@ -581,11 +571,7 @@ fn litecoind_on_each_layer_kind() {
     pack(&src, &store, &image, &[]);
     let mut layers = Vec::new();
     for kind in ["blocks", "overlay"] {
-        let (mnt, layer, cache) = (
-            t.path().join(format!("mnt-{kind}")),
-            t.path().join(format!("layer-{kind}")),
-            t.path().join("cache"),
-        );
+        let (mnt, layer, cache) = kind_paths(t.path(), kind);
         let m = NodeMount::start(&image, &mnt, &layer, kind, &cache);
         let node = Litecoind::start(&mnt);
         assert_eq!(node.cli(&["getblockcount"]), "200", "{kind}: base height");
