@@ -79,6 +79,19 @@ fn mtime(inode: &Inode) -> SystemTime {
     }
 }
 
+/// Answers a getxattr/listxattr request with `bytes` under the kernel's size protocol: a request of size 0
+/// asks for the length, a buffer that is too small gets ERANGE. Shared by every thinnode filesystem.
+pub fn reply_xattr_bytes(reply: ReplyXattr, bytes: &[u8], size: u32) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    if size == 0 {
+        reply.size(len);
+    } else if len > size {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(bytes);
+    }
+}
+
 /// The FUSE attributes of `inode`.
 pub fn file_attr(inode: &Inode) -> FileAttr {
     let t = mtime(inode);
@@ -475,14 +488,7 @@ impl Filesystem for ImageFs {
         match attrs.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) {
             None => reply.error(Errno::from_i32(libc::ENODATA)),
             Some((_, value)) => {
-                let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
-                if size == 0 {
-                    reply.size(len);
-                } else if len > size {
-                    reply.error(Errno::from_i32(libc::ERANGE));
-                } else {
-                    reply.data(value);
-                }
+                reply_xattr_bytes(reply, value, size);
             }
         }
     }
@@ -497,13 +503,6 @@ impl Filesystem for ImageFs {
             list.extend_from_slice(k);
             list.push(0);
         }
-        let len = u32::try_from(list.len()).unwrap_or(u32::MAX);
-        if size == 0 {
-            reply.size(len);
-        } else if len > size {
-            reply.error(Errno::from_i32(libc::ERANGE));
-        } else {
-            reply.data(&list);
-        }
+        reply_xattr_bytes(reply, &list, size);
     }
 }

@@ -1272,14 +1272,7 @@ impl Filesystem for BlocksFs {
         let node = tri!(reply, self.state.node(ino));
         match tree::get_xattr(&node.proc_path(), name.as_bytes()) {
             Ok(Some(value)) => {
-                let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
-                if size == 0 {
-                    reply.size(len);
-                } else if len > size {
-                    reply.error(Errno::from_i32(libc::ERANGE));
-                } else {
-                    reply.data(&value);
-                }
+                mount::fs::reply_xattr_bytes(reply, &value, size);
             }
             Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
             Err(e) => reply.error(errno_of(&e)),
@@ -1299,14 +1292,7 @@ impl Filesystem for BlocksFs {
                 list.push(0);
             }
         }
-        let len = u32::try_from(list.len()).unwrap_or(u32::MAX);
-        if size == 0 {
-            reply.size(len);
-        } else if len > size {
-            reply.error(Errno::from_i32(libc::ERANGE));
-        } else {
-            reply.data(&list);
-        }
+        mount::fs::reply_xattr_bytes(reply, &list, size);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
