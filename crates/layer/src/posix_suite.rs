@@ -703,28 +703,19 @@ fn base_truncate_then_extend(b: &Path) -> CheckResult {
     same_bytes("trunc.bin", &read(&p)?, &want)
 }
 
+/// Renames base file `from` to `to` in `b`: the source is gone and the target holds `from`'s base bytes.
+fn rename_base_file(b: &Path, from: &str, to: &str) -> CheckResult {
+    fs::rename(b.join(from), b.join(to)).ctx("rename")?;
+    ensure(!b.join(from).exists(), || "source still there".into())?;
+    same_bytes(to, &read(&b.join(to))?, &base_content(from))
+}
+
 fn base_rename_file(b: &Path) -> CheckResult {
-    fs::rename(b.join("rename_src.bin"), b.join("renamed.bin")).ctx("rename")?;
-    ensure(!b.join("rename_src.bin").exists(), || {
-        "source still there".into()
-    })?;
-    same_bytes(
-        "renamed",
-        &read(&b.join("renamed.bin"))?,
-        &base_content("rename_src.bin"),
-    )
+    rename_base_file(b, "rename_src.bin", "renamed.bin")
 }
 
 fn base_rename_over_base(b: &Path) -> CheckResult {
-    fs::rename(b.join("over_a.bin"), b.join("over_b.bin")).ctx("rename over")?;
-    ensure(!b.join("over_a.bin").exists(), || {
-        "source still there".into()
-    })?;
-    same_bytes(
-        "target",
-        &read(&b.join("over_b.bin"))?,
-        &base_content("over_a.bin"),
-    )
+    rename_base_file(b, "over_a.bin", "over_b.bin")
 }
 
 fn base_rename_dir(b: &Path) -> CheckResult {
