@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::args::{ModeArg, ServerArgs};
@@ -342,6 +343,12 @@ pub fn run(args: ServerArgs) -> Result<(), ZdbError> {
     };
     let rt = runtime()?;
     rt.block_on(async move {
+        // Signal handlers go in before the server says it is listening, so a
+        // SIGTERM sent right after "listening on" always stops it cleanly.
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|e| ZdbError::io("install SIGTERM handler", e))?;
+        let mut int = signal(SignalKind::interrupt())
+            .map_err(|e| ZdbError::io("install SIGINT handler", e))?;
         warn_no_admin(&args);
         let listener = bind(&args).await?;
         let args = with_bound_port(args, &listener);
@@ -366,11 +373,9 @@ pub fn run(args: ServerArgs) -> Result<(), ZdbError> {
         }
         let (tx, rx) = watch::channel(false);
         let server = tokio::spawn(accept_loop(db.clone(), listener, rx));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| ZdbError::io("install SIGTERM handler", e))?;
         tokio::select! {
             _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
         }
         tracing::info!("signal: stopping, flushing files");
         let _ = tx.send(true);
