@@ -12,6 +12,12 @@ use crate::StoreError;
 /// MGET commands kept in flight (each already carries up to [`MAX_MGET_KEYS`] keys).
 const MGET_WINDOW: usize = 2;
 
+thread_local! {
+    /// Each thread's buffer for values read by [`ZdbClient::get_each`], kept between calls so a
+    /// chunk-sized value is not allocated and zeroed again for every request.
+    static VALUE_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
 /// Reply bytes a value fetch aims to keep in flight. Small values need many requests in flight to hide
 /// round trips; large ones gain nothing from more than one, and lose when the server answers a batch of
 /// pipelined requests with one large write (its buffers then no longer fit in the CPU caches): measured
@@ -310,9 +316,9 @@ impl ZdbClient {
         mut deliver: impl FnMut(usize, Option<&[u8]>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let mut delivered = 0usize;
-        let mut buffer = Vec::new();
+        let mut buffer = VALUE_BUFFER.take();
         let fetch_window = FetchWindow::new(self.config.pipeline_window);
-        self.run(|conn| {
+        let result = self.run(|conn| {
             let rest = keys.get(delivered..).unwrap_or_default();
             conn.pipeline_with(
                 rest.len(),
@@ -329,7 +335,9 @@ impl ZdbClient {
                     Ok(())
                 },
             )
-        })
+        });
+        VALUE_BUFFER.set(buffer);
+        result
     }
 
     /// Existence of many keys, in order, with pipelined EXISTS.
