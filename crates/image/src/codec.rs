@@ -55,17 +55,18 @@ fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, ImageError> {
     })
 }
 
-/// zstd-decompresses `data` (at most `capacity` bytes out) with this thread's reused context.
-fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+/// zstd-decompresses `data` into `out` (its length is the limit) with this thread's reused context;
+/// returns the decompressed length.
+fn decompress_into(data: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         match slot.as_mut() {
-            Some(d) => d.decompress(data, capacity),
+            Some(d) => d.decompress_to_buffer(data, out),
             None => {
                 let mut d = zstd::bulk::Decompressor::new()?;
-                let out = d.decompress(data, capacity);
+                let n = d.decompress_to_buffer(data, out);
                 *slot = Some(d);
-                out
+                n
             }
         }
     })
@@ -135,12 +136,70 @@ fn looks_incompressible(plain: &[u8], level: i32) -> Result<bool, ImageError> {
     Ok(c.len() > probe.len() - probe.len() / 32)
 }
 
+/// Alignment of the plaintext of a [`DecodedChunk`] in memory: the page size, what direct I/O needs.
+pub const DECODED_ALIGN: usize = 4096;
+
+/// The verified plaintext of one chunk, placed at a page-aligned address (so a cache can write it with
+/// direct I/O without copying it first). Dereferences to the plaintext bytes.
+#[derive(Clone, Debug, Default)]
+pub struct DecodedChunk {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for DecodedChunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.buf
+            .get(self.start..self.start + self.len)
+            .unwrap_or_default()
+    }
+}
+
+impl PartialEq<[u8]> for DecodedChunk {
+    fn eq(&self, other: &[u8]) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<Vec<u8>> for DecodedChunk {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        **self == **other
+    }
+}
+
+impl From<Vec<u8>> for DecodedChunk {
+    /// Plaintext already in a vector (not necessarily aligned), e.g. read back from a cache.
+    fn from(buf: Vec<u8>) -> Self {
+        let len = buf.len();
+        DecodedChunk { buf, start: 0, len }
+    }
+}
+
+impl DecodedChunk {
+    /// A buffer with room for `len` bytes starting at a page-aligned address; returns it and that
+    /// start. Only the bytes before the start are written (zeros, less than a page).
+    fn aligned_buffer(len: usize) -> (Vec<u8>, usize) {
+        let mut buf: Vec<u8> = Vec::with_capacity(len + DECODED_ALIGN);
+        let start = buf.as_ptr().align_offset(DECODED_ALIGN).min(DECODED_ALIGN);
+        buf.resize(start, 0);
+        (buf, start)
+    }
+
+    /// The plaintext as an owned vector (copies it).
+    pub fn into_vec(self) -> Vec<u8> {
+        self.to_vec()
+    }
+}
+
 /// Verifies and decodes one stored object: checks `ChunkId::of(stored) == r.id`, decrypts (AEAD tag),
 /// decompresses and checks the plaintext length. Never returns wrong bytes: any mismatch is
 /// [`ImageError::CorruptChunk`]. The id check alone pins the stored bytes to what pack produced, so the
 /// plaintext is not hashed again here (that costs a BLAKE3 pass per read); [`check_chunk_key`] does that
 /// extra check where it is wanted (`verify --deep`).
-pub fn decode_chunk(r: &ChunkRef, stored: &[u8]) -> Result<Vec<u8>, ImageError> {
+pub fn decode_chunk(r: &ChunkRef, stored: &[u8]) -> Result<DecodedChunk, ImageError> {
     let corrupt = |reason: String| ImageError::CorruptChunk { id: r.id, reason };
     if stored.len() != r.stored_len as usize {
         return Err(corrupt(format!(
@@ -152,17 +211,34 @@ pub fn decode_chunk(r: &ChunkRef, stored: &[u8]) -> Result<Vec<u8>, ImageError> 
     if ChunkId::of(stored) != r.id {
         return Err(corrupt("stored object does not hash to its id".into()));
     }
-    let mut buf = stored.to_vec();
-    let plain_len = cipher(&r.key)?
-        .open_in_place(Nonce::assume_unique_for_key(NONCE), Aad::empty(), &mut buf)
+    // The one copy out of the caller's buffer goes straight to an aligned place and is decrypted there.
+    let (mut buf, start) = DecodedChunk::aligned_buffer(stored.len());
+    buf.extend_from_slice(stored);
+    let opened_len = cipher(&r.key)?
+        .open_in_place(
+            Nonce::assume_unique_for_key(NONCE),
+            Aad::empty(),
+            buf.get_mut(start..).unwrap_or_default(),
+        )
         .map_err(|_| corrupt("authentication tag does not match (wrong key or data)".into()))?
         .len();
-    buf.truncate(plain_len);
     let plain = if r.compressed {
-        decompress(&buf, r.plain_len as usize)
-            .map_err(|e| corrupt(format!("zstd decompression failed: {e}")))?
+        let compressed = buf.get(start..start + opened_len).unwrap_or_default();
+        let (mut out, out_start) = DecodedChunk::aligned_buffer(r.plain_len as usize);
+        out.resize(out_start + r.plain_len as usize, 0);
+        let n = decompress_into(compressed, out.get_mut(out_start..).unwrap_or_default())
+            .map_err(|e| corrupt(format!("zstd decompression failed: {e}")))?;
+        DecodedChunk {
+            buf: out,
+            start: out_start,
+            len: n,
+        }
     } else {
-        buf
+        DecodedChunk {
+            buf,
+            start,
+            len: opened_len,
+        }
     };
     if plain.len() != r.plain_len as usize {
         return Err(corrupt(format!(
@@ -204,6 +280,20 @@ mod tests {
         assert!(!enc.chunk_ref.compressed);
         assert_eq!(enc.stored.len(), random.len() + TAG_LEN);
         assert_eq!(decode_chunk(&enc.chunk_ref, &enc.stored).unwrap(), random);
+    }
+
+    #[test]
+    fn decoded_plaintext_is_page_aligned_whatever_its_encoding() {
+        let text = b"rocksdb sst block ".repeat(20_000);
+        let mut random = vec![0u8; 1 << 20];
+        rand::Rng::fill(&mut rand::rng(), &mut random[..]);
+        for plain in [&text[..], &random[..], &random[..4097]] {
+            let enc = encode_chunk(plain, 1).unwrap();
+            let decoded = decode_chunk(&enc.chunk_ref, &enc.stored).unwrap();
+            assert_eq!(&*decoded, plain);
+            assert_eq!(decoded.as_ptr().align_offset(DECODED_ALIGN), 0);
+            assert_eq!(decoded.into_vec(), plain);
+        }
     }
 
     #[test]
@@ -266,7 +356,9 @@ mod tests {
             for input in &inputs {
                 let ours = compress(input, level).unwrap();
                 assert_eq!(ours, zstd::bulk::compress(input, level).unwrap());
-                assert_eq!(&decompress(&ours, input.len()).unwrap(), input);
+                let mut out = vec![0u8; input.len()];
+                assert_eq!(decompress_into(&ours, &mut out).unwrap(), input.len());
+                assert_eq!(&out, input);
             }
         }
     }

@@ -19,8 +19,8 @@ mod writer;
 use std::path::PathBuf;
 
 pub use codec::{
-    check_chunk_key, chunk_key, decode_chunk, encode_chunk, EncodedChunk, CHUNK_KEY_CONTEXT,
-    DEFAULT_ZSTD_LEVEL, TAG_LEN,
+    check_chunk_key, chunk_key, decode_chunk, encode_chunk, DecodedChunk, EncodedChunk,
+    CHUNK_KEY_CONTEXT, DECODED_ALIGN, DEFAULT_ZSTD_LEVEL, TAG_LEN,
 };
 pub use format::{FORMAT_VERSION, MAGIC};
 pub use keys::{

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select_biased, unbounded, Receiver, Sender};
-use image::ChunkRef;
+use image::{ChunkRef, DecodedChunk};
 use store::{ChunkId, ChunkStore};
 
 use crate::cache::HostCache;
@@ -90,7 +90,7 @@ impl Default for FetchConfig {
     }
 }
 
-type FlightResult = Result<Arc<Vec<u8>>, FetchError>;
+type FlightResult = Result<Arc<DecodedChunk>, FetchError>;
 
 /// Bytes read from a chunk: owned, or a range of a decoded chunk shared with the fetcher's memory.
 #[derive(Clone, Debug)]
@@ -98,7 +98,7 @@ pub enum ChunkBytes {
     /// Bytes of their own.
     Owned(Vec<u8>),
     /// A range of a shared decoded chunk.
-    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+    Shared(Arc<DecodedChunk>, std::ops::Range<usize>),
 }
 
 impl std::ops::Deref for ChunkBytes {
@@ -247,10 +247,10 @@ struct Core {
     metrics: Arc<Metrics>,
     config: FetchConfig,
     flights: FlightTable,
-    recent: Mutex<VecDeque<(ChunkId, Arc<Vec<u8>>)>>,
+    recent: Mutex<VecDeque<(ChunkId, Arc<DecodedChunk>)>>,
     limiter: Option<RateLimiter>,
     /// Hands decoded chunks to the cache writers, so fetch workers do not wait on the disk.
-    cache_writes: Option<Sender<(ChunkRef, Arc<Vec<u8>>)>>,
+    cache_writes: Option<Sender<(ChunkRef, Arc<DecodedChunk>)>>,
     pending_writes: PendingWrites,
 }
 
@@ -282,7 +282,7 @@ impl Fetcher {
         let limiter = config.rate_limit.map(RateLimiter::new);
         let flights: FlightTable = Arc::new(Mutex::new(HashMap::new()));
         let (write_tx, write_rx) =
-            crossbeam_channel::bounded::<(ChunkRef, Arc<Vec<u8>>)>(CACHE_WRITE_QUEUE);
+            crossbeam_channel::bounded::<(ChunkRef, Arc<DecodedChunk>)>(CACHE_WRITE_QUEUE);
         let pending_writes: PendingWrites = Arc::default();
         let mut writers = 0;
         for i in 0..CACHE_WRITERS {
@@ -380,7 +380,7 @@ impl Fetcher {
     /// Reads `len` bytes at `offset` within chunk `r` (fewer at the chunk's end). Bytes of a chunk held in
     /// memory are shared, not copied.
     pub fn read(&self, r: &ChunkRef, offset: u64, len: usize) -> Result<ChunkBytes, FetchError> {
-        let shared = |data: Arc<Vec<u8>>| -> ChunkBytes {
+        let shared = |data: Arc<DecodedChunk>| -> ChunkBytes {
             let start = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
                 .min(data.len());
@@ -404,7 +404,7 @@ impl Fetcher {
     }
 
     /// The whole plaintext of chunk `r`.
-    pub fn get(&self, r: &ChunkRef) -> Result<Arc<Vec<u8>>, FetchError> {
+    pub fn get(&self, r: &ChunkRef) -> Result<Arc<DecodedChunk>, FetchError> {
         if let Some(data) = self.core.recent_get(&r.id) {
             self.core.metrics.cache_hits.inc();
             return Ok(data);
@@ -415,7 +415,7 @@ impl Fetcher {
             .read(&r.id, r.plain_len, 0, r.plain_len as usize)
         {
             self.core.metrics.cache_hits.inc();
-            return Ok(Arc::new(bytes));
+            return Ok(Arc::new(bytes.into()));
         }
         self.fetch(r)
     }
@@ -481,7 +481,7 @@ impl Fetcher {
 }
 
 impl Core {
-    fn recent_get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+    fn recent_get(&self, id: &ChunkId) -> Option<Arc<DecodedChunk>> {
         let recent = self.recent.lock().ok()?;
         recent
             .iter()
@@ -496,7 +496,7 @@ impl Core {
             .unwrap_or(false)
     }
 
-    fn recent_put(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+    fn recent_put(&self, id: ChunkId, data: Arc<DecodedChunk>) {
         if self.config.memory_chunks == 0 {
             return;
         }
@@ -538,7 +538,7 @@ impl Core {
         let mut pending: Vec<ChunkRef> = Vec::with_capacity(job.len());
         for r in job {
             match self.cache.read(&r.id, r.plain_len, 0, r.plain_len as usize) {
-                Ok(Some(bytes)) => self.finish_flight(&r.id, Ok(Arc::new(bytes))),
+                Ok(Some(bytes)) => self.finish_flight(&r.id, Ok(Arc::new(bytes.into()))),
                 _ => pending.push(*r),
             }
         }
