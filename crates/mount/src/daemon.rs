@@ -26,6 +26,8 @@ use crate::trace::{TraceError, TraceRecorder};
 
 /// Where running mounts leave their records.
 pub const RUN_DIR: &str = "/run/thinnode/mounts";
+/// Upper bound on decoded chunks a mount keeps in memory to cover its readahead window.
+const MAX_MEMORY_CHUNKS: usize = 256;
 /// How long an unmount waits for the FUSE session of a busy (lazily detached) mount to end.
 const SESSION_END_GRACE: Duration = Duration::from_secs(5);
 /// The kernel readahead set on every mount, in KiB (makes 1 MiB read requests).
@@ -356,6 +358,19 @@ extern "C" fn on_shutdown_signal(_: libc::c_int) {
     SHUTDOWN_REQUESTED.store(true, Ordering::SeqCst);
 }
 
+/// Makes the C allocator keep freed chunk-sized buffers for reuse instead of returning them to the
+/// kernel: every fetched chunk is decoded into a fresh 1 MiB-scale buffer, and with glibc's adaptive
+/// defaults those buffers are often unmapped and mapped again, so each chunk paid page faults and
+/// page zeroing (a measured cost on a cold read; see docs/benchmarks.md, mount section).
+fn keep_freed_chunk_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tunables; it is called before the mount's threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
 /// Whether a shutdown signal arrived since [`install_shutdown_handler`] (for processes that run their
 /// own serving loop, such as a node supervisor).
 pub fn shutdown_requested() -> bool {
@@ -401,6 +416,7 @@ impl MountedImage {
     /// Mounts the image and returns once the mountpoint answers (kernel readahead already set).
     pub fn mount(config: MountConfig) -> Result<MountedImage, MountError> {
         let mountpoint = absolute_mountpoint(&config.mountpoint)?;
+        keep_freed_chunk_memory();
         prune_dead_records();
         clean_stale_mount(&mountpoint)?;
         let meta = fs::metadata(&mountpoint).map_err(|e| MountError::Mountpoint {
@@ -437,12 +453,14 @@ impl MountedImage {
             ),
             None => None,
         };
-        let fetcher = Arc::new(Fetcher::new(
-            stores,
-            cache,
-            Arc::clone(&metrics),
-            config.fetch.clone(),
-        ));
+        // Chunks fetched ahead must still be in memory when the reader reaches them; otherwise every
+        // sequential read would go back to the host cache (the disk) for bytes fetched moments ago.
+        let mut fetch = config.fetch.clone();
+        let window = usize::try_from(config.readahead_chunks).unwrap_or(usize::MAX);
+        fetch.memory_chunks = fetch
+            .memory_chunks
+            .max(window.saturating_add(window / 2).min(MAX_MEMORY_CHUNKS));
+        let fetcher = Arc::new(Fetcher::new(stores, cache, Arc::clone(&metrics), fetch));
         let trace = match &config.record_trace {
             Some(p) => Some(TraceRecorder::create(p)?),
             None => None,
