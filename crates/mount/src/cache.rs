@@ -53,11 +53,41 @@ fn io_err(path: &Path, error: io::Error) -> CacheError {
 
 /// Alignment of buffers, offsets and lengths for direct I/O (the page size covers every block size
 /// in use).
-const DIRECT_IO_ALIGN: usize = image::DECODED_ALIGN;
+pub(crate) const DIRECT_IO_ALIGN: usize = image::DECODED_ALIGN;
+
+/// `len` rounded up to the direct I/O alignment.
+pub(crate) fn direct_io_len(len: usize) -> usize {
+    len.div_ceil(DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN
+}
+
+/// A reusable byte buffer whose usable part starts at a [`DIRECT_IO_ALIGN`]-aligned address, for direct
+/// I/O. Its pages stay mapped between uses.
+#[derive(Debug, Default)]
+pub(crate) struct AlignedBuf {
+    storage: Vec<u8>,
+}
+
+impl AlignedBuf {
+    /// An empty buffer (allocates on first use).
+    pub(crate) const fn new() -> AlignedBuf {
+        AlignedBuf {
+            storage: Vec::new(),
+        }
+    }
+
+    /// `len` aligned bytes (contents unspecified), growing the buffer when needed.
+    pub(crate) fn slice_mut(&mut self, len: usize) -> &mut [u8] {
+        if self.storage.len() < len + DIRECT_IO_ALIGN {
+            self.storage = vec![0; len + DIRECT_IO_ALIGN];
+        }
+        let start = self.storage.as_ptr().align_offset(DIRECT_IO_ALIGN);
+        &mut self.storage[start..start + len]
+    }
+}
 
 thread_local! {
-    /// Each writer thread's staging buffer for direct I/O (reused, so its pages stay mapped).
-    static DIRECT_IO_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each writer thread's staging buffer for direct I/O.
+    static DIRECT_IO_BUFFER: std::cell::RefCell<AlignedBuf> = const { std::cell::RefCell::new(AlignedBuf::new()) };
 }
 
 /// Writes `bytes` at offset 0 of `file`, opened with `O_DIRECT`: directly when they are aligned in
@@ -69,16 +99,10 @@ fn write_direct(file: &File, bytes: &[u8]) -> io::Result<()> {
         // Already aligned (a whole chunk decoded by `image::decode_chunk`): written as it is.
         return file.write_all_at(bytes, 0);
     }
-    let padded = bytes.len().div_ceil(DIRECT_IO_ALIGN) * DIRECT_IO_ALIGN;
+    let padded = direct_io_len(bytes.len());
     DIRECT_IO_BUFFER.with(|cell| {
         let mut buf = cell.borrow_mut();
-        if buf.len() < padded + DIRECT_IO_ALIGN {
-            buf.resize(padded + DIRECT_IO_ALIGN, 0);
-        }
-        let start = buf.as_ptr().align_offset(DIRECT_IO_ALIGN);
-        let staged = buf
-            .get_mut(start..start + padded)
-            .ok_or_else(|| io::Error::other("direct I/O staging buffer too small"))?;
+        let staged = buf.slice_mut(padded);
         let (data, pad) = staged.split_at_mut(bytes.len());
         data.copy_from_slice(bytes);
         pad.fill(0);
@@ -88,6 +112,21 @@ fn write_direct(file: &File, bytes: &[u8]) -> io::Result<()> {
         file.set_len(bytes.len() as u64)?;
     }
     Ok(())
+}
+
+/// Opens `path` for reading with `O_DIRECT`, or through the page cache where the filesystem refuses
+/// direct I/O. The flag says which.
+pub(crate) fn open_read_direct(path: &Path) -> io::Result<(File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((File::open(path)?, false)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Settings of a [`HostCache`].
@@ -222,6 +261,48 @@ impl HostCache {
         }
         self.touch(id, &file);
         Ok(Some(buf))
+    }
+
+    /// Reads the whole cached chunk `id` (of `expected_len` bytes) into `buf` with direct I/O, so the
+    /// copy leaves the page cache alone (assembling a big file would otherwise fill it twice).
+    /// Returns the chunk's bytes (a prefix of `buf`'s aligned part), or `None` when the chunk is absent
+    /// or has the wrong length (then it is removed).
+    pub(crate) fn read_whole<'b>(
+        &self,
+        id: &ChunkId,
+        expected_len: u32,
+        buf: &'b mut AlignedBuf,
+    ) -> Result<Option<&'b [u8]>, CacheError> {
+        let path = self.chunk_path(id);
+        let (file, direct) = match open_read_direct(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let actual_len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+        if actual_len != u64::from(expected_len) {
+            tracing::warn!(
+                "cache entry {} has {actual_len} bytes, expected {expected_len}: removing it",
+                id
+            );
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
+        let len = expected_len as usize;
+        let space = buf.slice_mut(direct_io_len(len));
+        let mut got = 0;
+        while got < len {
+            // Direct reads ask for whole aligned blocks; the last one comes back short at end of file.
+            let want = if direct { space.len() } else { len };
+            match file.read_at(&mut space[got..want], got as u64) {
+                Ok(0) => return Ok(None),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(&path, e)),
+            }
+        }
+        self.touch(id, &file);
+        Ok(Some(&space[..len]))
     }
 
     /// Stores the verified plaintext of chunk `id`. The entry is written unnamed, synced (when durable) and
