@@ -45,14 +45,28 @@ const ASSEMBLE_THREADS: usize = 4;
 /// Assembles the file (`size` bytes, `chunk_size`-byte chunks) from cached chunks. Returns the path of the
 /// assembled file, or `None` when a chunk is not cached (nothing is published then).
 ///
-/// Chunks are copied by a few threads at once with direct I/O on both sides where the filesystem allows
-/// it (and the chunk size is block-aligned): assembling a file of many gigabytes then moves the bytes
-/// disk to disk without filling the page cache with two copies of them.
+/// Chunks are copied by a few threads at once and read with direct I/O (no page-cache copy of the
+/// entries). The assembled file is written through the page cache when it fits comfortably in memory:
+/// it is assembled to be read, and its pages are then already there, in the large folios that writes
+/// make (reads from them run at the speed of a local file written the same way). A bigger file is
+/// written with direct I/O too, where the filesystem allows it and the chunk size is block-aligned:
+/// disk to disk at about twice the speed, without pushing everything else out of the page cache.
 pub fn assemble(
     cache: &HostCache,
     size: u64,
     chunk_size: u64,
     chunks: &[Option<ChunkRef>],
+) -> Result<Option<PathBuf>, CacheError> {
+    assemble_with(cache, size, chunk_size, chunks, !worth_page_cache(size))
+}
+
+/// [`assemble`], writing the file with direct I/O when `direct_out` (and the chunk size allows it).
+fn assemble_with(
+    cache: &HostCache,
+    size: u64,
+    chunk_size: u64,
+    chunks: &[Option<ChunkRef>],
+    direct_out: bool,
 ) -> Result<Option<PathBuf>, CacheError> {
     let key = file_key(size, chunks);
     if cache.open_file(&key, size).is_some() {
@@ -64,7 +78,7 @@ pub fn assemble(
         error: e,
     };
     let aligned = chunk_size > 0 && chunk_size % DIRECT_IO_ALIGN as u64 == 0;
-    let out = if aligned {
+    let out = if aligned && direct_out {
         create_direct(&tmp).map_err(io)?
     } else {
         (
@@ -94,6 +108,17 @@ pub fn assemble(
             Err(e)
         }
     }
+}
+
+/// Whether a file of `size` bytes should be written through the page cache: when it takes at most a
+/// quarter of the memory available now.
+fn worth_page_cache(size: u64) -> bool {
+    let available = fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    available.is_some_and(|kib| size <= kib.saturating_mul(1024) / 4)
 }
 
 /// Creates `path` for writing with `O_DIRECT`, or without it where the filesystem refuses direct I/O.
@@ -211,7 +236,7 @@ mod tests {
 
     /// A file of whole chunks, a hole and a short tail, assembled in the cache at `dir`, must read back
     /// as the chunks laid end to end (zeros in the hole); with a chunk missing nothing is published.
-    fn assemble_in(dir: &Path, chunk_size: usize) {
+    fn assemble_in(dir: &Path, chunk_size: usize, direct_out: bool) {
         let cache = HostCache::open(&CacheConfig {
             dir: dir.to_path_buf(),
             max_bytes: 1 << 30,
@@ -241,12 +266,15 @@ mod tests {
                 }
             }
         }
-        let path = assemble(&cache, size, chunk_size as u64, &chunks)
+        let path = assemble_with(&cache, size, chunk_size as u64, &chunks, direct_out)
             .expect("assemble")
             .expect("every chunk is cached");
         let got = fs::read(&path).expect("read assembled file");
         assert_eq!(got.len() as u64, size);
-        assert!(got == expected, "assembled bytes differ (chunk size {chunk_size})");
+        assert!(
+            got == expected,
+            "assembled bytes differ (chunk size {chunk_size}, direct {direct_out})"
+        );
         // Assembling again finds the published file.
         assert_eq!(
             assemble(&cache, size, chunk_size as u64, &chunks).expect("again"),
@@ -257,7 +285,7 @@ mod tests {
         let absent = pattern(chunk_size, 9);
         missing[1] = Some(image::encode_chunk(&absent, 1).expect("encode").chunk_ref);
         assert_eq!(
-            assemble(&cache, size, chunk_size as u64, &missing).expect("assemble"),
+            assemble_with(&cache, size, chunk_size as u64, &missing, direct_out).expect("assemble"),
             None
         );
         let leftovers = fs::read_dir(dir.join("tmp")).expect("tmp dir").count();
@@ -265,16 +293,24 @@ mod tests {
     }
 
     #[test]
+    fn only_files_that_fit_in_memory_go_through_the_page_cache() {
+        assert!(worth_page_cache(4096));
+        assert!(!worth_page_cache(u64::MAX));
+    }
+
+    #[test]
     fn assembled_file_matches_its_chunks_with_direct_and_buffered_io() {
-        // Block-aligned chunks are copied with direct I/O (on disk and, where the kernel allows it,
-        // tmpfs); an unaligned chunk size goes through the page cache.
+        // Chunks are read with direct I/O; the file is written with it or through the page cache (an
+        // unaligned chunk size always goes through the page cache). On disk and on tmpfs.
         for base in ["/var/tmp", "/dev/shm"] {
             if !Path::new(base).is_dir() {
                 continue;
             }
             for chunk_size in [64 << 10, 10_000] {
-                let dir = tempfile::tempdir_in(base).expect("tempdir");
-                assemble_in(dir.path(), chunk_size);
+                for direct_out in [true, false] {
+                    let dir = tempfile::tempdir_in(base).expect("tempdir");
+                    assemble_in(dir.path(), chunk_size, direct_out);
+                }
             }
         }
     }
