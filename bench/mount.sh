@@ -4,7 +4,14 @@
 #      (get_many from 4 threads, no decoding) of the same chunks, and vs the same fetch plus verification and
 #      decoding (the least work a correct reader does), and vs the kernel filling as much fresh page
 #      cache (what every buffered read of the file costs at least);
+#      Each cold phase also reports the CPU it burns (seconds of all processes per GB, from /proc/stat):
+#      on a machine where the fetch itself is CPU-bound, raw-fetch CPU / (fetch + decode) CPU is the
+#      highest ratio any reader that verifies what it serves can reach;
+#   1b. the same cold read with the store behind a link of 4, 8 and 10 Gbit/s (a `tc tbf` qdisc on
+#      loopback, removed at exit), vs the raw fetch through the same link: the usual deployment, where
+#      the network and not the CPU limits;
 #   2. warm (hydrated) sequential read via the mount vs reading the same bytes from a local file;
+#      plus `thinnode hydrate` (fetch, verify, cache, assemble for passthrough) vs the raw fetch;
 #   3. warm 4 KiB random-read IOPS via the mount vs the local file;
 #   4. mount ready time (`mount --daemon` returns only when the mount answers) for a 10-file and a
 #      many-file image.
@@ -34,7 +41,9 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 "$BIN" zdb --data "$WORK/zdb/data" --index "$WORK/zdb/index" --listen 127.0.0.1 --port "$PORT" \
   >"$WORK/zdb.log" 2>&1 &
 ZDB_PID=$!
+LINKED=0
 cleanup() {
+  [ "$LINKED" = 1 ] && tc qdisc del dev lo root 2>/dev/null
   "$BIN" umount "$MNT" >/dev/null 2>&1 || true
   kill "$ZDB_PID" 2>/dev/null || true
   wait "$ZDB_PID" 2>/dev/null || true
@@ -57,6 +66,16 @@ dd_rate() {
   t1=$(now)
   awk -v b="$bytes" -v a="$t0" -v c="$t1" 'BEGIN {printf "%.0f", b / (c - a) / 1e6}'
 }
+# CPU seconds used so far by everything on the machine (user, nice, system, irq, softirq)
+busy() { awk '/^cpu /{printf "%.2f", ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat; }
+# CPU seconds per GB of FILE_MIB MiB between two busy() readings
+cpu_per_gb() { awk -v a="$1" -v b="$2" -v m="$FILE_MIB" 'BEGIN {printf "%.2f", (b - a) / (m * 1048576 / 1e9)}'; }
+# the raw fetch's MB/s (args: extra raw_fetch args)
+raw_rate() {
+  local bytes secs
+  read -r bytes secs < <("$RAW" "$WORK/big.img" big.bin "$URL" 4 8 "$@")
+  awk -v b="$bytes" -v s="$secs" 'BEGIN {printf "%.0f", b / s / 1e6}'
+}
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 mount_img() { "$BIN" mount "$1" "$MNT" --cache "$2" --daemon --log "$WORK/mount.log" "${@:3}" >/dev/null 2>&1; }
@@ -68,15 +87,19 @@ sync
 "$BIN" pack "$WORK/src" --store "$URL" --out "$WORK/big.img" >/dev/null 2>&1
 
 # 1. cold sequential: fresh cache each run
-RAW_RATES=() DEC_RATES=() COLD_RATES=()
+RAW_RATES=() DEC_RATES=() COLD_RATES=() RAW_CPU=() DEC_CPU=() COLD_CPU=()
 for r in $(seq "$RUNS"); do
-  read -r bytes secs < <("$RAW" "$WORK/big.img" big.bin "$URL" 4 8)
-  RAW_RATES+=("$(awk -v b="$bytes" -v s="$secs" 'BEGIN {printf "%.0f", b / s / 1e6}')")
-  read -r bytes secs < <("$RAW" "$WORK/big.img" big.bin "$URL" 4 8 decode)
-  DEC_RATES+=("$(awk -v b="$bytes" -v s="$secs" 'BEGIN {printf "%.0f", b / s / 1e6}')")
+  b0=$(busy)
+  RAW_RATES+=("$(raw_rate)")
+  b1=$(busy)
+  DEC_RATES+=("$(raw_rate decode)")
+  b2=$(busy)
   mount_img "$WORK/big.img" "$WORK/cold-cache-$r"
+  b3=$(busy)
   COLD_RATES+=("$(dd_rate "$MNT/big.bin")")
+  b4=$(busy)
   umount_img
+  RAW_CPU+=("$(cpu_per_gb "$b0" "$b1")") DEC_CPU+=("$(cpu_per_gb "$b1" "$b2")") COLD_CPU+=("$(cpu_per_gb "$b3" "$b4")")
 done
 # Reference for what the cold read cannot avoid: the kernel copying FILE_MIB MiB into page-cache pages it
 # has not used before (any non-direct read of the file fills the page cache). Measured after the cold
@@ -99,9 +122,39 @@ rm -rf "$WORK"/cold-cache-*
 RAW_MED=$(printf '%s\n' "${RAW_RATES[@]}" | median)
 DEC_MED=$(printf '%s\n' "${DEC_RATES[@]}" | median)
 COLD_MED=$(printf '%s\n' "${COLD_RATES[@]}" | median)
+RAW_CPU_MED=$(printf '%s\n' "${RAW_CPU[@]}" | median)
+DEC_CPU_MED=$(printf '%s\n' "${DEC_CPU[@]}" | median)
+COLD_CPU_MED=$(printf '%s\n' "${COLD_CPU[@]}" | median)
+
+# 1b. cold read through a limited link
+LINK_ROWS=()
+if tc qdisc replace dev lo root tbf rate 10gbit burst 1mb limit 8mb 2>/dev/null; then
+  LINKED=1
+  for link in 4gbit 8gbit 10gbit; do
+    tc qdisc replace dev lo root tbf rate "$link" burst 1mb limit 8mb
+    LRAW=() LCOLD=()
+    for r in $(seq "$RUNS"); do
+      LRAW+=("$(raw_rate)")
+      mount_img "$WORK/big.img" "$WORK/link-cache-$link-$r"
+      LCOLD+=("$(dd_rate "$MNT/big.bin")")
+      umount_img
+    done
+    lraw=$(printf '%s\n' "${LRAW[@]}" | median)
+    lcold=$(printf '%s\n' "${LCOLD[@]}" | median)
+    LINK_ROWS+=("| cold sequential read via mount, store behind a ${link%gbit} Gbit/s link (MB/s) | $lcold | raw pipelined fetch through the same link: $lraw | $(ratio "$lcold" "$lraw") |")
+  done
+  tc qdisc del dev lo root
+  LINKED=0
+  rm -rf "$WORK"/link-cache-*
+else
+  echo "no tc tbf qdisc on loopback (needs root and sch_tbf): skipping the link-limited cold reads" >&2
+fi
 
 # 2./3. warm: hydrate once, then the mount serves the file by passthrough; local file from page cache
+t0=$(now)
 "$BIN" hydrate "$WORK/big.img" --cache "$WORK/warm-cache" --quiet >/dev/null 2>&1
+t1=$(now)
+HYDRATE_RATE=$(awk -v b="$((FILE_MIB << 20))" -v a="$t0" -v c="$t1" 'BEGIN {printf "%.0f", b / (c - a) / 1e6}')
 mount_img "$WORK/big.img" "$WORK/warm-cache"
 dd if="$WORK/src/big.bin" of=/dev/null bs=1M status=none
 dd if="$MNT/big.bin" of=/dev/null bs=1M status=none
@@ -167,10 +220,16 @@ printf '| measurement | result | baseline (same run) | ratio |\n|---|---:|---:|-
 printf '| cold sequential read via mount (MB/s) | %s | raw pipelined fetch: %s | %s |\n' "$COLD_MED" "$RAW_MED" "$(ratio "$COLD_MED" "$RAW_MED")"
 printf '| cold sequential read via mount (MB/s) | %s | pipelined fetch + verify/decode: %s | %s |\n' "$COLD_MED" "$DEC_MED" "$(ratio "$COLD_MED" "$DEC_MED")"
 printf '| cold sequential read via mount (MB/s) | %s | filling as much fresh page cache (dd of zeros to a new file): %s | %s |\n' "$COLD_MED" "$FILL_MED" "$(ratio "$COLD_MED" "$FILL_MED")"
+for row in "${LINK_ROWS[@]}"; do echo "$row"; done
+printf '| hydrate: fetch, verify, cache and assemble the file (MB/s, one run) | %s | raw pipelined fetch: %s | %s |\n' "$HYDRATE_RATE" "$RAW_MED" "$(ratio "$HYDRATE_RATE" "$RAW_MED")"
 printf '| warm sequential read via mount, passthrough (MB/s) | %s | local file: %s | %s |\n' "$WARM_MED" "$LOCAL_MED" "$(ratio "$WARM_MED" "$LOCAL_MED")"
 printf '| warm sequential read via mount, no passthrough (MB/s) | %s | local file: %s | %s |\n' "$NOPT_MED" "$LOCAL_MED" "$(ratio "$NOPT_MED" "$LOCAL_MED")"
 printf '| warm 4 KiB random reads via mount, passthrough (IOPS, 2 threads) | %s | local file: %s | %s |\n' "$WIOPS_MED" "$LIOPS_MED" "$(ratio "$WIOPS_MED" "$LIOPS_MED")"
 printf '| warm 4 KiB random reads via mount, no passthrough (IOPS, 2 threads) | %s | local file: %s | %s |\n' "$NIOPS_MED" "$LIOPS_MED" "$(ratio "$NIOPS_MED" "$LIOPS_MED")"
 printf '| mount ready, %d-file image (%s MB manifest) (ms) | %s | 10-file image: %s ms | %s |\n' "$MANY" "$MANY_IMG_MB" "$MANY_MED" "$SMALL_MED" "$(ratio "$MANY_MED" "$SMALL_MED")"
+printf '\nCPU of the cold phases, seconds (all processes) per GB, median: raw fetch %s, fetch + verify/decode %s, mount read %s.\n' \
+  "$RAW_CPU_MED" "$DEC_CPU_MED" "$COLD_CPU_MED"
+printf 'When the fetch is CPU-bound, no reader that verifies can pass raw CPU / (fetch + decode) CPU = %s of the raw fetch.\n' \
+  "$(ratio "$RAW_CPU_MED" "$DEC_CPU_MED")"
 printf '\ncold runs (MB/s): mount %s; raw fetch %s; fetch + decode %s; page-cache fill %s\n' \
   "${COLD_RATES[*]}" "${RAW_RATES[*]}" "${DEC_RATES[*]}" "${FILL_RATES[*]}"
