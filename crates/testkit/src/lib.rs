@@ -32,10 +32,32 @@ pub fn fuse_available(test: &str) -> bool {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released, so a child can take it).
+/// A free TCP port for a child process to listen on.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), which the kernel never hands out
+/// for outgoing connections or `bind(0)`: a port picked here stays free between this call and the
+/// child's bind, whatever connections other tests open meanwhile. Ports are handed out in turn from a
+/// per-process offset, so parallel tests (and test binaries) get different ones, and each is checked
+/// by binding it on every address first.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&low| low > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral_low - LOWEST;
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOWEST + (offset + n) % span) as u16;
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port below {ephemeral_low}");
 }
 
 /// Waits until something accepts TCP connections on `addr`, or panics after `timeout`.
@@ -415,13 +437,7 @@ fn process_exited(pid: u32) -> bool {
     }
 }
 
-/// `count` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
+/// `count` distinct free TCP ports (see [`free_port`]).
 fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    (0..count).map(|_| free_port()).collect()
 }
