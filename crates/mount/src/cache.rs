@@ -226,17 +226,22 @@ impl HostCache {
         fs::metadata(self.chunk_path(id)).is_ok_and(|m| m.len() == u64::from(expected_len))
     }
 
-    /// Reads `len` bytes at `offset` of the cached chunk `id`, whose full length must be `expected_len`.
-    /// `Ok(None)` when the chunk is absent (or has the wrong length, in which case it is removed).
-    pub fn read(
+    /// Opens the cached chunk `id` for reading (with direct I/O when asked and the filesystem allows it;
+    /// the flag says whether it did). `None` when the chunk is absent, or has a length other than
+    /// `expected_len`, in which case the damaged entry is removed.
+    fn open_entry(
         &self,
         id: &ChunkId,
         expected_len: u32,
-        offset: u64,
-        len: usize,
-    ) -> Result<Option<Vec<u8>>, CacheError> {
+        direct: bool,
+    ) -> Result<Option<(PathBuf, File, bool)>, CacheError> {
         let path = self.chunk_path(id);
-        let file = match File::open(&path) {
+        let opened = if direct {
+            open_read_direct(&path)
+        } else {
+            File::open(&path).map(|f| (f, false))
+        };
+        let (file, direct) = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path, e)),
@@ -250,7 +255,24 @@ impl HostCache {
             let _ = fs::remove_file(&path);
             return Ok(None);
         }
-        let end = offset.saturating_add(len as u64).min(actual_len);
+        Ok(Some((path, file, direct)))
+    }
+
+    /// Reads `len` bytes at `offset` of the cached chunk `id`, whose full length must be `expected_len`.
+    /// `Ok(None)` when the chunk is absent (or has the wrong length, in which case it is removed).
+    pub fn read(
+        &self,
+        id: &ChunkId,
+        expected_len: u32,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
+        let Some((path, file, _)) = self.open_entry(id, expected_len, false)? else {
+            return Ok(None);
+        };
+        let end = offset
+            .saturating_add(len as u64)
+            .min(u64::from(expected_len));
         let want = end.saturating_sub(offset) as usize;
         let mut buf = vec![0u8; want];
         match file.read_exact_at(&mut buf, offset) {
@@ -273,21 +295,9 @@ impl HostCache {
         expected_len: u32,
         buf: &'b mut AlignedBuf,
     ) -> Result<Option<&'b [u8]>, CacheError> {
-        let path = self.chunk_path(id);
-        let (file, direct) = match open_read_direct(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&path, e)),
-        };
-        let actual_len = file.metadata().map_err(|e| io_err(&path, e))?.len();
-        if actual_len != u64::from(expected_len) {
-            tracing::warn!(
-                "cache entry {} has {actual_len} bytes, expected {expected_len}: removing it",
-                id
-            );
-            let _ = fs::remove_file(&path);
+        let Some((path, file, direct)) = self.open_entry(id, expected_len, true)? else {
             return Ok(None);
-        }
+        };
         let len = expected_len as usize;
         let space = buf.slice_mut(direct_io_len(len));
         let mut got = 0;
