@@ -141,8 +141,8 @@ fn create_direct(path: &Path) -> std::io::Result<(File, bool)> {
     }
 }
 
-/// Copies every chunk into `out` (the file at `out_path`) at its offset, `ASSEMBLE_THREADS` at a time. `Ok(false)` when a chunk
-/// is missing from the cache.
+/// Copies every chunk into `out` (the file at `out_path`; the flag says whether it is open for direct
+/// I/O) at its offset, `ASSEMBLE_THREADS` at a time. `Ok(false)` when a chunk is missing from the cache.
 fn copy_chunks(
     cache: &HostCache,
     out: &(File, bool),
