@@ -114,17 +114,14 @@ fn write_direct(file: &File, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens `path` for reading with `O_DIRECT`, or through the page cache where the filesystem refuses
-/// direct I/O. The flag says which.
-pub(crate) fn open_read_direct(path: &Path) -> io::Result<(File, bool)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
+/// Opens a file with `O_DIRECT` (`open` gets the extra open flags), or again without it where the
+/// filesystem refuses direct I/O (`EINVAL`). The flag says whether the file is open for direct I/O.
+pub(crate) fn open_direct_or_buffered(
+    open: impl Fn(libc::c_int) -> io::Result<File>,
+) -> io::Result<(File, bool)> {
+    match open(libc::O_DIRECT) {
         Ok(f) => Ok((f, true)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((File::open(path)?, false)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((open(0)?, false)),
         Err(e) => Err(e),
     }
 }
@@ -237,7 +234,13 @@ impl HostCache {
     ) -> Result<Option<(PathBuf, File, bool)>, CacheError> {
         let path = self.chunk_path(id);
         let opened = if direct {
-            open_read_direct(&path)
+            use std::os::unix::fs::OpenOptionsExt;
+            open_direct_or_buffered(|flags| {
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(flags)
+                    .open(&path)
+            })
         } else {
             File::open(&path).map(|f| (f, false))
         };
@@ -356,18 +359,16 @@ impl HostCache {
                 .custom_flags(libc::O_TMPFILE | flags)
                 .open(dir)
         };
-        let f = match open(libc::O_DIRECT) {
-            Ok(f) => {
+        let f = match open_direct_or_buffered(open)? {
+            (f, true) => {
                 write_direct(&f, plaintext)?;
                 f
             }
             // Filesystems without direct I/O: through the page cache.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                let mut f = open(0)?;
+            (mut f, false) => {
                 f.write_all(plaintext)?;
                 f
             }
-            Err(e) => return Err(e),
         };
         if self.durable {
             f.sync_data()?;

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use image::ChunkRef;
 
-use crate::cache::{direct_io_len, AlignedBuf, CacheError, HostCache, DIRECT_IO_ALIGN};
+use crate::cache::{
+    direct_io_len, open_direct_or_buffered, AlignedBuf, CacheError, HostCache, DIRECT_IO_ALIGN,
+};
 
 /// The name of the assembled file with `size` bytes made of `chunks` (`None` = hole).
 pub fn file_key(size: u64, chunks: &[Option<ChunkRef>]) -> String {
@@ -77,26 +79,29 @@ fn assemble_with(
         path: tmp.clone(),
         error: e,
     };
-    let aligned = chunk_size > 0 && chunk_size % DIRECT_IO_ALIGN as u64 == 0;
-    let out = if aligned && direct_out {
-        create_direct(&tmp).map_err(io)?
-    } else {
-        (
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(io)?,
-            false,
-        )
+    let create = |flags: libc::c_int| {
+        // Not `create_new`: a refused `O_DIRECT` open may already have created the (unique) file.
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(flags)
+            .open(&tmp)
     };
-    let result = copy_chunks(cache, &out, &tmp, size, chunk_size, chunks).and_then(|complete| {
-        if complete {
-            out.0.set_len(size).map_err(io)?;
-            out.0.sync_data().map_err(io)?;
-        }
-        Ok(complete)
-    });
+    let aligned = chunk_size > 0 && chunk_size % DIRECT_IO_ALIGN as u64 == 0;
+    let (out, direct) = if aligned && direct_out {
+        open_direct_or_buffered(create).map_err(io)?
+    } else {
+        (create(0).map_err(io)?, false)
+    };
+    let result =
+        copy_chunks(cache, &out, direct, &tmp, size, chunk_size, chunks).and_then(|complete| {
+            if complete {
+                out.set_len(size).map_err(io)?;
+                out.sync_data().map_err(io)?;
+            }
+            Ok(complete)
+        });
     match result {
         Ok(true) => cache.publish_file(&tmp, &key).map(Some),
         Ok(false) => {
@@ -121,37 +126,16 @@ fn worth_page_cache(size: u64) -> bool {
     available.is_some_and(|kib| size <= kib.saturating_mul(1024) / 4)
 }
 
-/// Creates `path` for writing with `O_DIRECT`, or without it where the filesystem refuses direct I/O.
-/// The flag says which.
-fn create_direct(path: &Path) -> std::io::Result<(File, bool)> {
-    let open = |flags: libc::c_int| {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(flags)
-            .open(path)
-    };
-    match open(libc::O_DIRECT) {
-        Ok(f) => Ok((f, true)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            let _ = fs::remove_file(path);
-            Ok((open(0)?, false))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Copies every chunk into `out` (the file at `out_path`; the flag says whether it is open for direct
-/// I/O) at its offset, `ASSEMBLE_THREADS` at a time. `Ok(false)` when a chunk is missing from the cache.
+/// Copies every chunk into `out` (the file at `out_path`, open for direct I/O when `direct`) at its offset, `ASSEMBLE_THREADS` at a time. `Ok(false)` when a chunk is missing from the cache.
 fn copy_chunks(
     cache: &HostCache,
-    out: &(File, bool),
+    out: &File,
+    direct: bool,
     out_path: &Path,
     size: u64,
     chunk_size: u64,
     chunks: &[Option<ChunkRef>],
 ) -> Result<bool, CacheError> {
-    let (file, direct) = (&out.0, out.1);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let copy_one = |buf: &mut AlignedBuf, index: usize, r: &ChunkRef| -> Result<bool, CacheError> {
@@ -174,7 +158,7 @@ fn copy_chunks(
             padded[want..].fill(0);
             &padded[..]
         };
-        file.write_all_at(bytes, offset)
+        out.write_all_at(bytes, offset)
             .map_err(|error| CacheError::Io {
                 path: out_path.to_path_buf(),
                 error,
