@@ -411,3 +411,75 @@ fn wait_is_woken_by_another_client() {
     assert_eq!(a, simple("SET"));
     assert_eq!(b, simple("SET"));
 }
+
+/// Without `--admin`, a client still gets a challenge and opens a private, password-protected namespace
+/// with `SELECT ns SECURE <proof>` (the `redis` crate over TCP, as a real client would), never sending the
+/// password; `AUTH` itself stays disabled.
+#[test]
+fn select_secure_without_admin_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = start(dir.path(), &[]);
+    let mut setup = Raw::connect(z.port);
+    assert_eq!(setup.c(&["NSNEW", "vault"]), simple("OK"));
+    assert_eq!(
+        setup.c(&["NSSET", "vault", "password", "pw1"]),
+        simple("OK")
+    );
+    assert_eq!(setup.c(&["NSSET", "vault", "public", "0"]), simple("OK"));
+
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", z.port)).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let denied = redis::cmd("SELECT")
+        .arg("vault")
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert!(
+        denied.to_string().contains("protected and private"),
+        "{denied}"
+    );
+
+    let nonce: String = redis::cmd("AUTH")
+        .arg("SECURE")
+        .arg("CHALLENGE")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(nonce.len(), 32, "challenge {nonce:?}");
+    let wrong = redis::cmd("SELECT")
+        .arg("vault")
+        .arg("SECURE")
+        .arg(sha1_hex(&format!("{nonce}:nope")))
+        .query::<()>(&mut con)
+        .unwrap_err();
+    // The redis crate splits the error line into a code and a detail: "Access: denied".
+    assert_eq!(wrong.code(), Some("Access"), "{wrong}");
+    assert_eq!(wrong.detail(), Some("denied"), "{wrong}");
+    let ok: String = redis::cmd("SELECT")
+        .arg("vault")
+        .arg("SECURE")
+        .arg(sha1_hex(&format!("{nonce}:pw1")).to_uppercase())
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(ok, "OK");
+    let key: Vec<u8> = redis::cmd("SET")
+        .arg("s")
+        .arg("secret value")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(key, b"s");
+    let v: Vec<u8> = redis::cmd("GET").arg("s").query(&mut con).unwrap();
+    assert_eq!(v, b"secret value");
+
+    // The value landed in the vault, not in default.
+    assert_eq!(setup.c(&["GET", "s"]), OwnedFrame::Null);
+    assert_eq!(setup.c(&["SELECT", "vault", "pw1"]), simple("OK"));
+    assert_eq!(setup.c(&["GET", "s"]), bulk(b"secret value"));
+
+    // Admin authentication is still disabled: every client is admin already.
+    let mut r = Raw::connect(z.port);
+    let nonce = challenge(&mut r);
+    assert_eq!(
+        r.c(&["AUTH", "SECURE", &sha1_hex(&format!("{nonce}:x"))]),
+        err("Authentication disabled")
+    );
+    assert_eq!(r.c(&["AUTH", "x"]), err("Authentication disabled"));
+}
