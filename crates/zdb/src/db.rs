@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
 
 use crate::error::ZdbError;
 use crate::namespace::{Namespace, StoreConfig, DEFAULT_NAMESPACE};
@@ -127,11 +129,7 @@ impl Database {
 
     /// The namespace called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Namespace>> {
-        self.namespaces
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.namespaces.read().get(name).cloned()
     }
 
     /// The default namespace.
@@ -141,22 +139,12 @@ impl Database {
 
     /// Names of all namespaces, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.namespaces
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.namespaces.read().keys().cloned().collect()
     }
 
     /// All namespaces.
     pub fn all(&self) -> Vec<Arc<Namespace>> {
-        self.namespaces
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.namespaces.read().values().cloned().collect()
     }
 
     /// Whether `name` is acceptable for a namespace.
@@ -166,7 +154,7 @@ impl Database {
 
     /// Creates namespace `name`; `Ok(false)` when it already exists.
     pub fn create(&self, name: &str) -> Result<bool, ZdbError> {
-        let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.namespaces.write();
         if map.contains_key(name) {
             return Ok(false);
         }
@@ -182,7 +170,7 @@ impl Database {
     /// Removes namespace `name` and its files; `Ok(false)` when it does not exist.
     pub fn remove(&self, name: &str) -> Result<bool, ZdbError> {
         let ns = {
-            let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = self.namespaces.write();
             match map.remove(name) {
                 Some(ns) => ns,
                 None => return Ok(false),

@@ -1,21 +1,38 @@
 //! A 0-db 2.0 compatible key-value server: RESP protocol, namespaces, and 0-db's on-disk format.
 //!
 //! Run it with [`run`] (blocking, as the `zdb` binary and `thinnode zdb` do) or in-process with
-//! [`start_background`]. The on-disk format lives in [`format`], one namespace's storage in [`namespace`],
-//! command handlers in [`cmd`].
+//! [`start_background`].
+//!
+//! # Layout
+//!
+//! The shape follows tokio-rs/mini-redis:
+//!
+//! * `server`: listeners, the accept loop, start-up and shutdown.
+//! * `connection`: one client: reads requests, answers them in order, one write per batch.
+//! * [`protocol`]: the RESP request decoder and the reply encoders (mini-redis' `frame`).
+//! * `cmd`: one module per command, and the dispatcher.
+//! * `db`: every namespace of a server, shared settings, statistics and WAIT events.
+//! * `namespace`: one namespace's files and in-memory key table: open and crash recovery, the write path,
+//!   the read path, index walks.
+//! * [`format`]: 0-db's on-disk structures, bytes to structs and back, no I/O.
+//! * `metrics`: the Prometheus metrics of `--metrics`.
+#![deny(missing_docs)]
 
-pub mod args;
-pub mod cmd;
-pub mod connection;
-pub mod db;
-pub mod error;
+mod args;
+mod cmd;
+mod connection;
+mod db;
+mod error;
 pub mod format;
-pub mod hook;
-pub mod namespace;
+mod hook;
+mod namespace;
 pub mod protocol;
-pub mod server;
+mod server;
 
-pub use args::{ModeArg, ServerArgs};
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
+pub use args::{normalize_single_dash, ModeArg, ServerArgs};
 pub use error::ZdbError;
 pub use server::{run, start_background, RunningServer};
 

@@ -11,7 +11,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse_from(zdb::args::normalize_single_dash(std::env::args()));
+    let cli = Cli::parse_from(zdb::normalize_single_dash(std::env::args()));
     zdb::init_logging(cli.args.verbose);
     match zdb::run(cli.args) {
         Ok(()) => std::process::ExitCode::SUCCESS,

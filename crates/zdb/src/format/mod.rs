@@ -3,13 +3,13 @@
 //! Every structure is little-endian and packed, exactly as 0-db writes it. This module only converts
 //! between bytes and structs; it does no I/O, so the layout is testable on its own.
 
-pub mod data_file;
-pub mod index_file;
-pub mod namespace_file;
+pub(crate) mod data_file;
+pub(crate) mod index_file;
+pub(crate) mod namespace_file;
 
 pub use data_file::{DataEntryHeader, DataFileHeader};
 pub use index_file::{IndexFileHeader, IndexRecord};
-pub use namespace_file::NamespaceDescriptor;
+pub use namespace_file::{NamespaceDescriptor, NS_FLAG_EXTENDED, NS_FLAG_PUBLIC, NS_FLAG_WORM};
 
 /// Entry flag (data and index): the key was deleted (or, on an index record, superseded).
 pub const FLAG_DELETED: u8 = 1;
