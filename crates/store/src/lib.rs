@@ -28,7 +28,7 @@ pub use dispersed::{DispersedStore, RepairReport, ShardHeader, DISPERSE_PREFIX, 
 pub use error::{MemberFailure, StoreError};
 pub use http::HttpStore;
 pub use location::{redact_url, StoreLocation};
-pub use router::{RouterStore, ROUTE_PREFIX};
+pub use router::{route_entries, RouterStore, ROUTE_PREFIX};
 pub use s3::{
     S3Config, S3Store, DEFAULT_PARALLEL as S3_DEFAULT_PARALLEL, DEFAULT_REGION as S3_DEFAULT_REGION,
 };

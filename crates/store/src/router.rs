@@ -99,37 +99,52 @@ fn parse_range(text: &str) -> Option<(u8, u8)> {
     }
 }
 
+/// The entries of a `route:` URL as `(first, last, member URL)`, in the order given: `route:` followed by
+/// whitespace-separated `[RANGE=]URL` entries, where RANGE is `XX-YY` or `XX` (hex first bytes, inclusive)
+/// and an entry without a range serves `00-ff`. Checks the syntax only (not overlaps or coverage) and
+/// opens nothing.
+pub fn route_entries(url: &str) -> Result<Vec<(u8, u8, String)>, StoreError> {
+    let invalid = |reason: String| StoreError::InvalidUrl {
+        url: crate::redact_url(url),
+        reason,
+    };
+    let spec = url
+        .strip_prefix(ROUTE_PREFIX)
+        .ok_or_else(|| invalid(format!("a router URL starts with {ROUTE_PREFIX:?}")))?;
+    let mut entries = Vec::new();
+    for entry in spec.split_whitespace() {
+        let (range, member_url) = match entry.split_once('=') {
+            Some((range, rest)) if !range.contains(':') => {
+                let range = parse_range(range)
+                    .ok_or_else(|| invalid(format!("{range:?} is not a range like 00-7f or 80")))?;
+                (range, rest)
+            }
+            _ => ((0x00, 0xff), entry),
+        };
+        if range.0 > range.1 {
+            return Err(invalid(format!(
+                "range {:02x}-{:02x} is reversed",
+                range.0, range.1
+            )));
+        }
+        entries.push((range.0, range.1, member_url.to_string()));
+    }
+    Ok(entries)
+}
+
 impl RouterStore {
-    /// Opens a router from its URL: `route:` followed by whitespace-separated `[RANGE=]URL` entries, where
-    /// RANGE is `XX-YY` or `XX` (hex first bytes, inclusive) and an entry without a range serves `00-ff`.
-    /// Entries with the same range are replicas. Ranges must not partly overlap and must cover `00-ff`.
-    /// Members are opened lazily, so a member that is down does not stop the router from opening.
+    /// Opens a router from its URL (syntax: [`route_entries`]). Entries with the same range are replicas.
+    /// Ranges must not partly overlap and must cover `00-ff`. Members are opened lazily, so a member that
+    /// is down does not stop the router from opening.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let invalid = |reason: String| StoreError::InvalidUrl {
             url: crate::redact_url(url),
             reason,
         };
-        let spec = url
-            .strip_prefix(ROUTE_PREFIX)
-            .ok_or_else(|| invalid(format!("a router URL starts with {ROUTE_PREFIX:?}")))?;
         let mut routes: Vec<Route> = Vec::new();
-        for entry in spec.split_whitespace() {
-            let (range, member_url) = match entry.split_once('=') {
-                Some((range, rest)) if !range.contains(':') => {
-                    let range = parse_range(range).ok_or_else(|| {
-                        invalid(format!("{range:?} is not a range like 00-7f or 80"))
-                    })?;
-                    (range, rest)
-                }
-                _ => ((0x00, 0xff), entry),
-            };
-            if range.0 > range.1 {
-                return Err(invalid(format!(
-                    "range {:02x}-{:02x} is reversed",
-                    range.0, range.1
-                )));
-            }
-            let member = Member::open(member_url)?;
+        for (first, last, member_url) in route_entries(url)? {
+            let range = (first, last);
+            let member = Member::open(&member_url)?;
             match routes
                 .iter_mut()
                 .find(|r| r.first == range.0 && r.last == range.1)
