@@ -9,7 +9,7 @@ mod format;
 mod keys;
 mod pack;
 mod reader;
-pub mod restore_urls;
+mod restore_urls;
 mod stats;
 mod tree;
 mod unpack;
@@ -29,6 +29,7 @@ pub use keys::{
 };
 pub use pack::{pack, PackOptions, PackProgress, PackSummary};
 pub use reader::ImageManifest;
+pub use restore_urls::manifest_with_stores;
 pub use stats::{image_stats, ImageStats};
 pub use store::ChunkId;
 pub use unpack::{unpack, UnpackOptions, UnpackSummary};

@@ -6,7 +6,14 @@ use std::path::Path;
 use ed25519_dalek::{Signature, VerifyingKey};
 use memmap2::Mmap;
 
-use crate::format::*;
+use zerocopy::FromBytes;
+
+use crate::format::{
+    body_hash, kind_from_code, parse_meta, signed_message, ChunkRecord, DirentRecord, Header,
+    InodeRecord, Record, Section, SlotRecord, StampRecord, Trailer, XattrRecord, CHUNK_COMPRESSED,
+    FORMAT_VERSION, HEADER_LEN, HOLE, MAGIC, SECTION_COUNT, TRAILER_LEN, TRAILER_MAGIC,
+    TRAILER_SIGNED,
+};
 use crate::{
     ChunkId, ChunkRef, DirEntry, FileKind, ImageError, Ino, Inode, SourceStamp, XattrList, ROOT_INO,
 };
@@ -37,14 +44,6 @@ pub struct ImageManifest {
     body_len: usize,
     stores: Vec<String>,
     labels: Vec<(String, String)>,
-}
-
-/// The decoded trailer.
-struct Trailer {
-    signed: bool,
-    body_hash: [u8; 32],
-    key: [u8; 32],
-    signature: [u8; 64],
 }
 
 /// The decoded fixed part of an inode record.
@@ -113,35 +112,37 @@ impl ImageManifest {
         if b.len() < HEADER_LEN + TRAILER_LEN {
             return Err(corrupt(format!("too short ({} bytes)", b.len())));
         }
-        if b.get(..8) != Some(&MAGIC[..]) {
+        let header = Header::ref_from_prefix(b)
+            .map_err(|_| corrupt("short header"))?
+            .0;
+        if header.magic != MAGIC {
             return Err(corrupt("not a thinnode image (bad magic)"));
         }
-        let version = u32_at(b, 8).ok_or_else(|| corrupt("short header"))?;
+        let version = header.version.get();
         if version != FORMAT_VERSION {
             return Err(corrupt(format!(
                 "unsupported format version {version} (this build reads {FORMAT_VERSION})"
             )));
         }
-        let header_len = u32_at(b, 12).ok_or_else(|| corrupt("short header"))?;
+        let header_len = header.header_len.get();
         if header_len as usize != HEADER_LEN {
             return Err(corrupt(format!(
                 "header length {header_len}, expected {HEADER_LEN}"
             )));
         }
-        let chunk_size = u32_at(b, 16).ok_or_else(|| corrupt("short header"))?;
+        let chunk_size = header.chunk_size.get();
         if !(crate::MIN_CHUNK_SIZE..=crate::MAX_CHUNK_SIZE).contains(&chunk_size) {
             return Err(corrupt(format!("chunk size {chunk_size} out of range")));
         }
-        let inode_count = u64_at(b, 24).ok_or_else(|| corrupt("short header"))?;
+        let inode_count = header.inode_count.get();
         let body_len = b.len() - TRAILER_LEN;
         if b.get(body_len..body_len + 8) != Some(&TRAILER_MAGIC[..]) {
             return Err(corrupt("bad trailer magic (truncated file?)"));
         }
         let mut sections = [(0usize, 0usize); SECTION_COUNT];
-        for (i, s) in sections.iter_mut().enumerate() {
-            let at = SECTIONS_AT + i * 16;
-            let off = u64_at(b, at).ok_or_else(|| corrupt("short header"))?;
-            let len = u64_at(b, at + 8).ok_or_else(|| corrupt("short header"))?;
+        for ((s, entry), section) in sections.iter_mut().zip(&header.sections).zip(Section::ALL) {
+            let i = section as usize;
+            let (off, len) = (entry.offset.get(), entry.len.get());
             let end = off
                 .checked_add(len)
                 .ok_or_else(|| corrupt("section overflows"))?;
@@ -150,7 +151,7 @@ impl ImageManifest {
                     "section {i} [{off}, {end}) lies outside the body"
                 )));
             }
-            let rec = record_len(i);
+            let rec = section.record_len();
             if rec != 0 && len % rec as u64 != 0 {
                 return Err(corrupt(format!(
                     "section {i} length {len} is not a multiple of {rec}"
@@ -159,13 +160,14 @@ impl ImageManifest {
             *s = (off as usize, len as usize);
         }
         let inodes_len = sections[Section::Inodes as usize].1 as u64;
-        if inode_count == 0 || inode_count.checked_mul(INODE_LEN as u64) != Some(inodes_len) {
+        if inode_count == 0 || inode_count.checked_mul(InodeRecord::LEN as u64) != Some(inodes_len)
+        {
             return Err(corrupt(format!(
                 "inode count {inode_count} does not match the inode table ({inodes_len} bytes)"
             )));
         }
         let stamps_len = sections[Section::SourceStamps as usize].1 as u64;
-        if stamps_len != 0 && inode_count.checked_mul(STAMP_LEN as u64) != Some(stamps_len) {
+        if stamps_len != 0 && inode_count.checked_mul(StampRecord::LEN as u64) != Some(stamps_len) {
             return Err(corrupt(format!(
                 "source stamp table ({stamps_len} bytes) does not match {inode_count} inodes"
             )));
@@ -198,15 +200,23 @@ impl ImageManifest {
         self.bytes().get(off..off + len).unwrap_or_default()
     }
 
-    /// The bytes of record `index` of a fixed-record section.
-    fn record(&self, s: Section, index: u64, len: usize) -> Result<&[u8], ImageError> {
+    /// Record `index` of the section holding `R`s.
+    fn record<R: Record>(&self, index: u64) -> Result<&R, ImageError> {
+        let out_of_range = || {
+            corrupt(format!(
+                "record index {index} out of range in {:?}",
+                R::SECTION
+            ))
+        };
         let start = usize::try_from(index)
             .ok()
-            .and_then(|i| i.checked_mul(len))
-            .ok_or_else(|| corrupt(format!("record index {index} out of range in {s:?}")))?;
-        self.section(s)
-            .get(start..start + len)
-            .ok_or_else(|| corrupt(format!("record index {index} out of range in {s:?}")))
+            .and_then(|i| i.checked_mul(R::LEN))
+            .ok_or_else(out_of_range)?;
+        let bytes = self
+            .section(R::SECTION)
+            .get(start..start + R::LEN)
+            .ok_or_else(out_of_range)?;
+        R::ref_from_bytes(bytes).map_err(|_| out_of_range())
     }
 
     fn pool(&self, off: u64, len: u64) -> Result<&[u8], ImageError> {
@@ -223,24 +233,22 @@ impl ImageManifest {
         if ino == 0 || ino > self.inode_count {
             return Err(ImageError::NotFound(ino));
         }
-        let r = self.record(Section::Inodes, ino - 1, INODE_LEN)?;
-        let short = || corrupt("short inode record");
-        let code = *r.first().ok_or_else(short)?;
+        let r: &InodeRecord = self.record(ino - 1)?;
         Ok(RawInode {
-            kind: kind_from_code(code)
-                .ok_or_else(|| corrupt(format!("inode {ino}: bad kind {code}")))?,
-            perm: u16_at(r, 2).ok_or_else(short)? & 0o7777,
-            uid: u32_at(r, 4).ok_or_else(short)?,
-            gid: u32_at(r, 8).ok_or_else(short)?,
-            nlink: u32_at(r, 12).ok_or_else(short)?,
-            size: u64_at(r, 16).ok_or_else(short)?,
-            mtime_sec: u64_at(r, 24).ok_or_else(short)? as i64,
-            mtime_nsec: u32_at(r, 32).ok_or_else(short)?,
-            xattr_count: u32_at(r, 36).ok_or_else(short)?,
-            data_count: u32_at(r, 40).ok_or_else(short)?,
-            xattr_start: u32_at(r, 44).ok_or_else(short)?,
-            data_start: u64_at(r, 48).ok_or_else(short)?,
-            rdev: u64_at(r, 56).ok_or_else(short)?,
+            kind: kind_from_code(r.kind)
+                .ok_or_else(|| corrupt(format!("inode {ino}: bad kind {}", r.kind)))?,
+            perm: r.perm.get() & 0o7777,
+            uid: r.uid.get(),
+            gid: r.gid.get(),
+            nlink: r.nlink.get(),
+            size: r.size.get(),
+            mtime_sec: r.mtime_sec.get(),
+            mtime_nsec: r.mtime_nsec.get(),
+            xattr_count: r.xattr_count.get(),
+            data_count: r.data_count.get(),
+            xattr_start: r.xattr_start.get(),
+            data_start: r.data_start.get(),
+            rdev: r.rdev.get(),
         })
     }
 
@@ -248,26 +256,19 @@ impl ImageManifest {
     /// to the recorded hash, and the ed25519 signature over that hash must verify. Hashes the whole
     /// manifest (multi-threaded for large ones).
     pub fn verify_signature(&self, trusted: &VerifyingKey) -> Result<(), ImageError> {
-        let Trailer {
-            signed,
-            key,
-            signature: sig,
-            ..
-        } = self.trailer()?;
-        if !signed {
+        let t = self.trailer()?;
+        if t.flags.get() & TRAILER_SIGNED == 0 {
             return Err(ImageError::Unsigned);
         }
-        if &key != trusted.as_bytes() {
+        if &t.signer != trusted.as_bytes() {
             return Err(ImageError::UntrustedKey {
-                found: hex::encode(key),
+                found: hex::encode(t.signer),
                 trusted: hex::encode(trusted.as_bytes()),
             });
         }
         let hash = self.check_body_hash()?;
-        let mut msg = SIGNATURE_CONTEXT.to_vec();
-        msg.extend_from_slice(&hash);
         trusted
-            .verify_strict(&msg, &Signature::from_bytes(&sig))
+            .verify_strict(&signed_message(&hash), &Signature::from_bytes(&t.signature))
             .map_err(|e| ImageError::BadSignature(e.to_string()))
     }
 
@@ -275,51 +276,32 @@ impl ImageManifest {
     /// Detects accidental corruption of unsigned manifests too.
     pub fn check_body_hash(&self) -> Result<[u8; 32], ImageError> {
         let recorded = self.trailer()?.body_hash;
-        let body = self.bytes().get(..self.body_len).unwrap_or_default();
-        let actual = if body.len() > 8 << 20 {
-            let mut h = blake3::Hasher::new();
-            h.update_rayon(body);
-            h.finalize()
-        } else {
-            blake3::hash(body)
-        };
+        let actual = body_hash(self.bytes().get(..self.body_len).unwrap_or_default());
         if actual.as_bytes() != &recorded {
             return Err(corrupt("manifest body does not match its recorded hash"));
         }
         Ok(recorded)
     }
 
-    fn trailer(&self) -> Result<Trailer, ImageError> {
+    fn trailer(&self) -> Result<&Trailer, ImageError> {
         let t = self.bytes().get(self.body_len..).unwrap_or_default();
-        let short = || corrupt("short trailer");
-        let flags = u32_at(t, 8).ok_or_else(short)?;
-        let hash = bytes32_at(t, 16).ok_or_else(short)?;
-        let key = bytes32_at(t, 48).ok_or_else(short)?;
-        let sig: [u8; 64] = t
-            .get(80..144)
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(short)?;
-        Ok(Trailer {
-            signed: flags & TRAILER_SIGNED != 0,
-            body_hash: hash,
-            key,
-            signature: sig,
-        })
+        Trailer::ref_from_bytes(t).map_err(|_| corrupt("short trailer"))
     }
 
     /// Whether the manifest carries a signature.
     pub fn is_signed(&self) -> bool {
-        self.trailer().map(|t| t.signed).unwrap_or(false)
+        self.trailer()
+            .is_ok_and(|t| t.flags.get() & TRAILER_SIGNED != 0)
     }
 
     /// The public key that signed the manifest, if signed (not yet verified: see
     /// [`ImageManifest::verify_signature`]).
     pub fn signer(&self) -> Option<VerifyingKey> {
         let t = self.trailer().ok()?;
-        if !t.signed {
+        if t.flags.get() & TRAILER_SIGNED == 0 {
             return None;
         }
-        VerifyingKey::from_bytes(&t.key).ok()
+        VerifyingKey::from_bytes(&t.signer).ok()
     }
 
     /// The chunk size files were cut into.
@@ -367,20 +349,20 @@ impl ImageManifest {
 
     /// Decodes dirent `index`: (name, ino, kind).
     fn dirent(&self, index: u64) -> Result<(&[u8], Ino, FileKind), ImageError> {
-        let r = self.record(Section::Dirents, index, DIRENT_LEN)?;
-        let short = || corrupt("short dirent record");
-        let name_off = u64_at(r, 0).ok_or_else(short)?;
-        let ino = u64_at(r, 8).ok_or_else(short)?;
-        let name_len = u32_at(r, 16).ok_or_else(short)?;
-        let code = *r.get(20).ok_or_else(short)?;
-        let kind = kind_from_code(code)
-            .ok_or_else(|| corrupt(format!("dirent {index}: bad kind {code}")))?;
+        let r: &DirentRecord = self.record(index)?;
+        let kind = kind_from_code(r.kind)
+            .ok_or_else(|| corrupt(format!("dirent {index}: bad kind {}", r.kind)))?;
+        let ino = r.ino.get();
         if ino == 0 || ino > self.inode_count {
             return Err(corrupt(format!(
                 "dirent {index} names inode {ino}, out of range"
             )));
         }
-        Ok((self.pool(name_off, u64::from(name_len))?, ino, kind))
+        Ok((
+            self.pool(r.name_offset.get(), u64::from(r.name_len.get()))?,
+            ino,
+            kind,
+        ))
     }
 
     /// Looks `name` up in directory `parent` (binary search over its sorted entries).
@@ -432,11 +414,6 @@ impl ImageManifest {
         Ok(out)
     }
 
-    /// Number of entries in directory `dir`.
-    pub fn dir_len(&self, dir: Ino) -> Result<u64, ImageError> {
-        Ok(self.dir_range(dir)?.1)
-    }
-
     /// The target of symlink `ino`.
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>, ImageError> {
         let r = self.raw_inode(ino)?;
@@ -454,16 +431,9 @@ impl ImageManifest {
         let r = self.raw_inode(ino)?;
         let mut out = Vec::with_capacity(r.xattr_count.min(1024) as usize);
         for i in 0..u64::from(r.xattr_count) {
-            let x = self.record(Section::Xattrs, u64::from(r.xattr_start) + i, XATTR_LEN)?;
-            let short = || corrupt("short xattr record");
-            let name = self.pool(
-                u64_at(x, 0).ok_or_else(short)?,
-                u64::from(u32_at(x, 16).ok_or_else(short)?),
-            )?;
-            let value = self.pool(
-                u64_at(x, 8).ok_or_else(short)?,
-                u64::from(u32_at(x, 20).ok_or_else(short)?),
-            )?;
+            let x: &XattrRecord = self.record(u64::from(r.xattr_start) + i)?;
+            let name = self.pool(x.name_offset.get(), u64::from(x.name_len.get()))?;
+            let value = self.pool(x.value_offset.get(), u64::from(x.value_len.get()))?;
             out.push((name.to_vec(), value.to_vec()));
         }
         Ok(out)
@@ -495,33 +465,30 @@ impl ImageManifest {
         if self.section(Section::SourceStamps).is_empty() {
             return Ok(None);
         }
-        let r = self.record(Section::SourceStamps, ino - 1, STAMP_LEN)?;
-        let short = || corrupt("short source stamp");
+        let r: &StampRecord = self.record(ino - 1)?;
         let st = SourceStamp {
-            dev: u64_at(r, 0).ok_or_else(short)?,
-            ino: u64_at(r, 8).ok_or_else(short)?,
-            ctime_sec: u64_at(r, 16).ok_or_else(short)? as i64,
-            ctime_nsec: u32_at(r, 24).ok_or_else(short)?,
+            dev: r.dev.get(),
+            ino: r.ino.get(),
+            ctime_sec: r.ctime_sec.get(),
+            ctime_nsec: r.ctime_nsec.get(),
         };
         Ok((st != SourceStamp::default()).then_some(st))
     }
 
     /// Number of entries in the unique chunk table.
     pub fn unique_chunk_count(&self) -> u64 {
-        (self.section(Section::Chunks).len() / CHUNK_LEN) as u64
+        (self.section(Section::Chunks).len() / ChunkRecord::LEN) as u64
     }
 
     /// Entry `index` of the unique chunk table.
     pub fn unique_chunk(&self, index: u32) -> Result<ChunkRef, ImageError> {
-        let r = self.record(Section::Chunks, u64::from(index), CHUNK_LEN)?;
-        let short = || corrupt("short chunk record");
-        let flags = u32_at(r, 72).ok_or_else(short)?;
+        let r: &ChunkRecord = self.record(u64::from(index))?;
         Ok(ChunkRef {
-            id: ChunkId(bytes32_at(r, 0).ok_or_else(short)?),
-            key: bytes32_at(r, 32).ok_or_else(short)?,
-            plain_len: u32_at(r, 64).ok_or_else(short)?,
-            stored_len: u32_at(r, 68).ok_or_else(short)?,
-            compressed: flags & CHUNK_COMPRESSED != 0,
+            id: ChunkId(r.id),
+            key: r.key,
+            plain_len: r.plain_len.get(),
+            stored_len: r.stored_len.get(),
+            compressed: r.flags.get() & CHUNK_COMPRESSED != 0,
         })
     }
 
@@ -540,8 +507,7 @@ impl ImageManifest {
         let idx = start
             .checked_add(index)
             .ok_or_else(|| corrupt("slot index overflows"))?;
-        let s = self.record(Section::ChunkSlots, idx, SLOT_LEN)?;
-        let v = u32_at(s, 0).ok_or_else(|| corrupt("short chunk slot"))?;
+        let v = self.record::<SlotRecord>(idx)?.chunk.get();
         Ok(if v == HOLE { None } else { Some(v) })
     }
 
@@ -706,45 +672,6 @@ impl ImageManifest {
         }
         Ok(())
     }
-}
-
-/// Store URLs and labels.
-type Meta = (Vec<String>, Vec<(String, String)>);
-
-fn parse_meta(b: &[u8]) -> Result<Meta, ImageError> {
-    let mut at = 0usize;
-    let take_str = |at: &mut usize| -> Result<String, ImageError> {
-        let len = u32_at(b, *at).ok_or_else(|| corrupt("short metadata"))? as usize;
-        let start = *at + 4;
-        let s = b
-            .get(
-                start
-                    ..start
-                        .checked_add(len)
-                        .ok_or_else(|| corrupt("metadata overflow"))?,
-            )
-            .ok_or_else(|| corrupt("short metadata string"))?;
-        *at = start + len;
-        String::from_utf8(s.to_vec()).map_err(|_| corrupt("metadata string is not UTF-8"))
-    };
-    if b.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let store_count = u32_at(b, at).ok_or_else(|| corrupt("short metadata"))?;
-    at += 4;
-    let mut stores = Vec::new();
-    for _ in 0..store_count {
-        stores.push(take_str(&mut at)?);
-    }
-    let label_count = u32_at(b, at).ok_or_else(|| corrupt("short metadata"))?;
-    at += 4;
-    let mut labels = Vec::new();
-    for _ in 0..label_count {
-        let k = take_str(&mut at)?;
-        let v = take_str(&mut at)?;
-        labels.push((k, v));
-    }
-    Ok((stores, labels))
 }
 
 #[cfg(test)]
@@ -982,7 +909,8 @@ mod tests {
         }
         // Huge garbage offsets in the section table.
         let mut bytes = good.clone();
-        bytes[SECTIONS_AT..SECTIONS_AT + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let table = std::mem::offset_of!(Header, sections);
+        bytes[table..table + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(ImageManifest::from_bytes(bytes).is_err());
     }
 

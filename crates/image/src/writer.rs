@@ -4,9 +4,14 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
+use zerocopy::little_endian::U32;
+use zerocopy::IntoBytes;
 
-use crate::format::*;
+use crate::format::{
+    encode_meta, kind_code, seal_body, ChunkRecord, DirentRecord, HeaderFields, InodeRecord,
+    Record, SlotRecord, StampRecord, XattrRecord, CHUNK_COMPRESSED, HOLE, SECTION_COUNT,
+};
 use crate::{
     ChunkId, ChunkRef, FileKind, ImageError, Ino, SourceStamp, XattrList, MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE, ROOT_INO,
@@ -177,11 +182,6 @@ impl ManifestBuilder {
         i
     }
 
-    /// The chunk-table index of `id`, if already added.
-    pub fn chunk_index_of(&self, id: &ChunkId) -> Option<u32> {
-        self.chunk_index.get(id).copied()
-    }
-
     /// Number of distinct chunks added.
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
@@ -235,228 +235,231 @@ impl ManifestBuilder {
 
     /// Serialises the manifest, signed with `signer` when given.
     pub fn to_bytes(&self, signer: Option<&SigningKey>) -> Result<Vec<u8>, ImageError> {
-        let n = self.inodes.len();
-        let too_big = |what: &str| ImageError::Invalid(format!("too many {what} for format v1"));
-        let mut nlink = vec![0u32; n];
+        let nlink = self.link_counts()?;
+        let mut tables = TreeTables::default();
+        for (i, p) in self.inodes.iter().enumerate() {
+            tables.push_inode(&self.inodes, i, p, nlink[i])?;
+        }
+        let chunks = self.chunk_table();
+        let meta = encode_meta(&self.stores, &self.labels);
+        let stamps = self.stamp_table();
+        let fields = HeaderFields {
+            chunk_size: self.chunk_size,
+            flags: 0,
+            inode_count: self.inodes.len() as u64,
+        };
+        let sections: [&[u8]; SECTION_COUNT] = [
+            &tables.inodes,
+            &tables.dirents,
+            &tables.slots,
+            &chunks,
+            &tables.xattrs,
+            &tables.pool,
+            &meta,
+            &stamps,
+        ];
+        Ok(seal_body(fields, &sections, signer))
+    }
+
+    /// Link count of every inode: directories 2 + subdirectories, others the number of names. Refuses a
+    /// directory linked more than once (or the root linked at all).
+    fn link_counts(&self) -> Result<Vec<u32>, ImageError> {
+        let is_dir = |ino: Ino| self.inodes[(ino - 1) as usize].attrs.kind == FileKind::Directory;
+        let mut nlink = vec![0u32; self.inodes.len()];
         nlink[0] = 2;
         for p in &self.inodes {
-            if let InodeData::Dir(entries) = &p.data {
-                for (_, child) in entries {
-                    let c = (*child - 1) as usize;
-                    if self.inodes[c].attrs.kind == FileKind::Directory {
-                        if nlink[c] != 0 || *child == ROOT_INO {
-                            return Err(ImageError::Invalid(format!(
-                                "directory inode {child} is linked more than once"
-                            )));
-                        }
-                        nlink[c] = 2;
-                    } else {
-                        nlink[c] = nlink[c].saturating_add(1);
-                    }
+            let InodeData::Dir(entries) = &p.data else {
+                continue;
+            };
+            for (_, child) in entries {
+                let c = (*child - 1) as usize;
+                if !is_dir(*child) {
+                    nlink[c] = nlink[c].saturating_add(1);
+                } else if nlink[c] != 0 || *child == ROOT_INO {
+                    return Err(ImageError::Invalid(format!(
+                        "directory inode {child} is linked more than once"
+                    )));
+                } else {
+                    nlink[c] = 2;
                 }
             }
         }
-        // Directory link counts: 2 + number of subdirectories.
         for (i, p) in self.inodes.iter().enumerate() {
             if let InodeData::Dir(entries) = &p.data {
-                let subdirs = entries
-                    .iter()
-                    .filter(|(_, c)| {
-                        self.inodes[(*c - 1) as usize].attrs.kind == FileKind::Directory
-                    })
-                    .count() as u32;
+                let subdirs = entries.iter().filter(|(_, c)| is_dir(*c)).count() as u32;
                 nlink[i] = 2u32.saturating_add(subdirs);
             }
         }
+        Ok(nlink)
+    }
 
-        let mut inodes = Vec::with_capacity(n * INODE_LEN);
-        let mut dirents = Vec::new();
-        let mut slots: Vec<u8> = Vec::new();
-        let mut xattrs = Vec::new();
-        let mut pool: Vec<u8> = Vec::new();
-        let mut dirent_count: u64 = 0;
-        let mut slot_count: u64 = 0;
-        let mut xattr_count: u64 = 0;
-
-        for (i, p) in self.inodes.iter().enumerate() {
-            let a = &p.attrs;
-            let (data_start, data_count): (u64, u64) = match &p.data {
-                InodeData::None => (0, 0),
-                InodeData::Dir(entries) => {
-                    let mut sorted: Vec<&(Vec<u8>, Ino)> = entries.iter().collect();
-                    sorted.sort_by(|x, y| x.0.cmp(&y.0));
-                    if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
-                        return Err(ImageError::Invalid(format!(
-                            "duplicate entry {:?} in directory inode {}",
-                            String::from_utf8_lossy(&w[0].0),
-                            i + 1
-                        )));
-                    }
-                    let start = dirent_count;
-                    for (name, child) in sorted {
-                        let kind = self.inodes[(*child - 1) as usize].attrs.kind;
-                        dirents.extend_from_slice(&(pool.len() as u64).to_le_bytes());
-                        dirents.extend_from_slice(&child.to_le_bytes());
-                        dirents.extend_from_slice(
-                            &u32::try_from(name.len())
-                                .map_err(|_| too_big("name bytes"))?
-                                .to_le_bytes(),
-                        );
-                        dirents.extend_from_slice(&[kind_code(kind), 0, 0, 0]);
-                        pool.extend_from_slice(name);
-                        dirent_count += 1;
-                    }
-                    (start, entries.len() as u64)
-                }
-                InodeData::File(s) => {
-                    let start = slot_count;
-                    for v in s {
-                        slots.extend_from_slice(&v.to_le_bytes());
-                    }
-                    slot_count += s.len() as u64;
-                    (start, s.len() as u64)
-                }
-                InodeData::Symlink(t) => {
-                    let start = pool.len() as u64;
-                    pool.extend_from_slice(t);
-                    (start, t.len() as u64)
-                }
-            };
-            let xattr_start = u32::try_from(xattr_count).map_err(|_| too_big("xattrs"))?;
-            for (name, value) in &p.xattrs {
-                xattrs.extend_from_slice(&(pool.len() as u64).to_le_bytes());
-                xattrs.extend_from_slice(&(pool.len() as u64 + name.len() as u64).to_le_bytes());
-                xattrs.extend_from_slice(
-                    &u32::try_from(name.len())
-                        .map_err(|_| too_big("xattr bytes"))?
-                        .to_le_bytes(),
-                );
-                xattrs.extend_from_slice(
-                    &u32::try_from(value.len())
-                        .map_err(|_| too_big("xattr bytes"))?
-                        .to_le_bytes(),
-                );
-                pool.extend_from_slice(name);
-                pool.extend_from_slice(value);
-                xattr_count += 1;
-            }
-            let mut rec = [0u8; INODE_LEN];
-            rec[0] = kind_code(a.kind);
-            rec[2..4].copy_from_slice(&(a.perm & 0o7777).to_le_bytes());
-            rec[4..8].copy_from_slice(&a.uid.to_le_bytes());
-            rec[8..12].copy_from_slice(&a.gid.to_le_bytes());
-            rec[12..16].copy_from_slice(&nlink[i].to_le_bytes());
-            rec[16..24].copy_from_slice(&a.size.to_le_bytes());
-            rec[24..32].copy_from_slice(&a.mtime_sec.to_le_bytes());
-            rec[32..36].copy_from_slice(&a.mtime_nsec.to_le_bytes());
-            rec[36..40].copy_from_slice(
-                &u32::try_from(p.xattrs.len())
-                    .map_err(|_| too_big("xattrs"))?
-                    .to_le_bytes(),
-            );
-            rec[40..44].copy_from_slice(
-                &u32::try_from(data_count)
-                    .map_err(|_| too_big("entries"))?
-                    .to_le_bytes(),
-            );
-            rec[44..48].copy_from_slice(&xattr_start.to_le_bytes());
-            rec[48..56].copy_from_slice(&data_start.to_le_bytes());
-            rec[56..64].copy_from_slice(&a.rdev.to_le_bytes());
-            inodes.extend_from_slice(&rec);
-        }
-
-        let mut chunks = Vec::with_capacity(self.chunks.len() * CHUNK_LEN);
+    /// The chunk section: one [`ChunkRecord`] per distinct chunk, in the order they were added.
+    fn chunk_table(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.chunks.len() * ChunkRecord::LEN);
         for c in &self.chunks {
-            chunks.extend_from_slice(&c.id.0);
-            chunks.extend_from_slice(&c.key);
-            chunks.extend_from_slice(&c.plain_len.to_le_bytes());
-            chunks.extend_from_slice(&c.stored_len.to_le_bytes());
-            let flags = if c.compressed { CHUNK_COMPRESSED } else { 0 };
-            chunks.extend_from_slice(&flags.to_le_bytes());
-            chunks.extend_from_slice(&0u32.to_le_bytes());
+            let rec = ChunkRecord {
+                id: c.id.0,
+                key: c.key,
+                plain_len: c.plain_len.into(),
+                stored_len: c.stored_len.into(),
+                flags: U32::new(if c.compressed { CHUNK_COMPRESSED } else { 0 }),
+                reserved: U32::ZERO,
+            };
+            out.extend_from_slice(rec.as_bytes());
         }
+        out
+    }
 
-        let mut meta = Vec::new();
-        let put_str = |meta: &mut Vec<u8>, s: &str| {
-            meta.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            meta.extend_from_slice(s.as_bytes());
-        };
-        meta.extend_from_slice(&(self.stores.len() as u32).to_le_bytes());
-        for s in &self.stores {
-            put_str(&mut meta, s);
+    /// The source stamp section: empty when no inode has a stamp, else one [`StampRecord`] per inode.
+    fn stamp_table(&self) -> Vec<u8> {
+        if self.inodes.iter().all(|p| p.stamp.is_none()) {
+            return Vec::new();
         }
-        meta.extend_from_slice(&(self.labels.len() as u32).to_le_bytes());
-        for (k, v) in &self.labels {
-            put_str(&mut meta, k);
-            put_str(&mut meta, v);
+        let mut out = Vec::with_capacity(self.inodes.len() * StampRecord::LEN);
+        for p in &self.inodes {
+            let st = p.stamp.unwrap_or_default();
+            let rec = StampRecord {
+                dev: st.dev.into(),
+                ino: st.ino.into(),
+                ctime_sec: st.ctime_sec.into(),
+                ctime_nsec: st.ctime_nsec.into(),
+                reserved: U32::ZERO,
+            };
+            out.extend_from_slice(rec.as_bytes());
         }
-
-        let mut stamps = Vec::new();
-        if self.inodes.iter().any(|p| p.stamp.is_some()) {
-            stamps.reserve(n * STAMP_LEN);
-            for p in &self.inodes {
-                let st = p.stamp.unwrap_or_default();
-                stamps.extend_from_slice(&st.dev.to_le_bytes());
-                stamps.extend_from_slice(&st.ino.to_le_bytes());
-                stamps.extend_from_slice(&st.ctime_sec.to_le_bytes());
-                stamps.extend_from_slice(&st.ctime_nsec.to_le_bytes());
-                stamps.extend_from_slice(&0u32.to_le_bytes());
-            }
-        }
-
-        let sections: [&[u8]; 8] = [
-            &inodes, &dirents, &slots, &chunks, &xattrs, &pool, &meta, &stamps,
-        ];
-        let body_len: usize = HEADER_LEN + sections.iter().map(|s| s.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(body_len + TRAILER_LEN);
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(HEADER_LEN as u32).to_le_bytes());
-        out.extend_from_slice(&self.chunk_size.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&(n as u64).to_le_bytes());
-        let mut at = HEADER_LEN as u64;
-        for i in 0..SECTION_COUNT {
-            let len = sections.get(i).map(|s| s.len() as u64).unwrap_or(0);
-            let off = if len == 0 { 0 } else { at };
-            out.extend_from_slice(&off.to_le_bytes());
-            out.extend_from_slice(&len.to_le_bytes());
-            at += len;
-        }
-        debug_assert_eq!(out.len(), HEADER_LEN);
-        for s in sections {
-            out.extend_from_slice(s);
-        }
-
-        let body_hash = if out.len() > 8 << 20 {
-            let mut h = blake3::Hasher::new();
-            h.update_rayon(&out);
-            h.finalize()
-        } else {
-            blake3::hash(&out)
-        };
-        out.extend_from_slice(&TRAILER_MAGIC);
-        let mut sig_part = [0u8; 96];
-        let flags = match signer {
-            Some(key) => {
-                let mut msg = SIGNATURE_CONTEXT.to_vec();
-                msg.extend_from_slice(body_hash.as_bytes());
-                sig_part[..32].copy_from_slice(key.verifying_key().as_bytes());
-                sig_part[32..].copy_from_slice(&key.sign(&msg).to_bytes());
-                TRAILER_SIGNED
-            }
-            None => 0,
-        };
-        out.extend_from_slice(&flags.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(body_hash.as_bytes());
-        out.extend_from_slice(&sig_part);
-        Ok(out)
+        out
     }
 
     /// Writes the manifest to `path` (atomically: a temporary file renamed into place).
     pub fn write(&self, path: &Path, signer: Option<&SigningKey>) -> Result<(), ImageError> {
         write_atomically(path, &self.to_bytes(signer)?)
+    }
+}
+
+fn too_big(what: &str) -> ImageError {
+    ImageError::Invalid(format!("too many {what} for format v1"))
+}
+
+fn len_u32(len: usize, what: &str) -> Result<U32, ImageError> {
+    u32::try_from(len).map(U32::new).map_err(|_| too_big(what))
+}
+
+/// The sections that describe the tree, filled inode by inode: each inode's data (directory entries,
+/// chunk slots or symlink target) and then its xattrs go to the pool in that order.
+#[derive(Default)]
+struct TreeTables {
+    inodes: Vec<u8>,
+    dirents: Vec<u8>,
+    slots: Vec<u8>,
+    xattrs: Vec<u8>,
+    pool: Vec<u8>,
+    dirent_count: u64,
+    slot_count: u64,
+    xattr_count: u64,
+}
+
+impl TreeTables {
+    /// Appends inode `i` (numbered `i + 1`) with its data and xattrs.
+    fn push_inode(
+        &mut self,
+        all: &[PendingInode],
+        i: usize,
+        p: &PendingInode,
+        nlink: u32,
+    ) -> Result<(), ImageError> {
+        let (data_start, data_count) = match &p.data {
+            InodeData::None => (0, 0),
+            InodeData::Dir(entries) => self.push_dir(all, i, entries)?,
+            InodeData::File(slots) => self.push_slots(slots),
+            InodeData::Symlink(target) => {
+                let start = self.pool.len() as u64;
+                self.pool.extend_from_slice(target);
+                (start, target.len() as u64)
+            }
+        };
+        let xattr_start = u32::try_from(self.xattr_count).map_err(|_| too_big("xattrs"))?;
+        self.push_xattrs(&p.xattrs)?;
+        let a = &p.attrs;
+        let rec = InodeRecord {
+            kind: kind_code(a.kind),
+            reserved: 0,
+            perm: (a.perm & 0o7777).into(),
+            uid: a.uid.into(),
+            gid: a.gid.into(),
+            nlink: nlink.into(),
+            size: a.size.into(),
+            mtime_sec: a.mtime_sec.into(),
+            mtime_nsec: a.mtime_nsec.into(),
+            xattr_count: len_u32(p.xattrs.len(), "xattrs")?,
+            data_count: u32::try_from(data_count)
+                .map(U32::new)
+                .map_err(|_| too_big("entries"))?,
+            xattr_start: xattr_start.into(),
+            data_start: data_start.into(),
+            rdev: a.rdev.into(),
+        };
+        self.inodes.extend_from_slice(rec.as_bytes());
+        Ok(())
+    }
+
+    /// Appends the entries of directory `i` sorted by name; returns (first dirent index, count).
+    fn push_dir(
+        &mut self,
+        all: &[PendingInode],
+        i: usize,
+        entries: &[(Vec<u8>, Ino)],
+    ) -> Result<(u64, u64), ImageError> {
+        let mut sorted: Vec<&(Vec<u8>, Ino)> = entries.iter().collect();
+        sorted.sort_by(|x, y| x.0.cmp(&y.0));
+        if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(ImageError::Invalid(format!(
+                "duplicate entry {:?} in directory inode {}",
+                String::from_utf8_lossy(&w[0].0),
+                i + 1
+            )));
+        }
+        let start = self.dirent_count;
+        for (name, child) in sorted {
+            let rec = DirentRecord {
+                name_offset: (self.pool.len() as u64).into(),
+                ino: (*child).into(),
+                name_len: len_u32(name.len(), "name bytes")?,
+                kind: kind_code(all[(*child - 1) as usize].attrs.kind),
+                reserved: [0; 3],
+            };
+            self.dirents.extend_from_slice(rec.as_bytes());
+            self.pool.extend_from_slice(name);
+            self.dirent_count += 1;
+        }
+        Ok((start, entries.len() as u64))
+    }
+
+    /// Appends a file's chunk slots; returns (first slot index, count).
+    fn push_slots(&mut self, slots: &[u32]) -> (u64, u64) {
+        let start = self.slot_count;
+        for &v in slots {
+            self.slots
+                .extend_from_slice(SlotRecord { chunk: v.into() }.as_bytes());
+        }
+        self.slot_count += slots.len() as u64;
+        (start, slots.len() as u64)
+    }
+
+    fn push_xattrs(&mut self, xattrs: &XattrList) -> Result<(), ImageError> {
+        for (name, value) in xattrs {
+            let name_offset = self.pool.len() as u64;
+            let rec = XattrRecord {
+                name_offset: name_offset.into(),
+                value_offset: (name_offset + name.len() as u64).into(),
+                name_len: len_u32(name.len(), "xattr bytes")?,
+                value_len: len_u32(value.len(), "xattr bytes")?,
+            };
+            self.xattrs.extend_from_slice(rec.as_bytes());
+            self.pool.extend_from_slice(name);
+            self.pool.extend_from_slice(value);
+            self.xattr_count += 1;
+        }
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use ed25519_dalek::SigningKey;
-use image::restore_urls::manifest_with_stores;
+use image::manifest_with_stores;
 use image::{
     ChunkId, ChunkRef, FileKind, ImageManifest, ManifestBuilder, NewInode, SourceStamp, ROOT_INO,
 };

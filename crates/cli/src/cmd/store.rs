@@ -232,9 +232,8 @@ fn copy(args: CopyArgs) -> anyhow::Result<()> {
 
     let bytes =
         std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
-    let rewritten =
-        image::restore_urls::manifest_with_stores(&bytes, &[target.public_url()], signer.as_ref())
-            .context("writing the store into the new image")?;
+    let rewritten = image::manifest_with_stores(&bytes, &[target.public_url()], signer.as_ref())
+        .context("writing the store into the new image")?;
     let tmp = args.out.with_extension("tmp-copy");
     std::fs::write(&tmp, rewritten).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &args.out)
