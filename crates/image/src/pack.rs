@@ -11,11 +11,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use ed25519_dalek::SigningKey;
+use parking_lot::Mutex;
 use store::ChunkStore;
 
 use crate::codec::{encode_chunk, EncodedChunk};
@@ -372,6 +373,7 @@ fn upload_batch(store: &dyn ChunkStore, batch: &UploadBatch) -> Result<UploadCou
 }
 
 /// Records the first error and tells every thread to stop.
+#[derive(Default)]
 struct Failure {
     abort: AtomicBool,
     error: Mutex<Option<ImageError>>,
@@ -379,15 +381,31 @@ struct Failure {
 
 impl Failure {
     fn set(&self, e: ImageError) {
-        if let Ok(mut slot) = self.error.lock() {
-            if slot.is_none() {
-                *slot = Some(e);
-            }
-        }
+        self.error.lock().get_or_insert(e);
         self.abort.store(true, Ordering::SeqCst);
     }
     fn aborted(&self) -> bool {
         self.abort.load(Ordering::Relaxed)
+    }
+}
+
+/// Distinct chunks in the order they were first seen, each with its index.
+#[derive(Default)]
+struct ChunkTable {
+    chunks: Vec<ChunkRef>,
+    seen: HashMap<ChunkId, u32>,
+}
+
+impl ChunkTable {
+    /// The index of `r`, and whether it was new to the table.
+    fn insert(&mut self, r: ChunkRef) -> (u32, bool) {
+        if let Some(&i) = self.seen.get(&r.id) {
+            return (i, false);
+        }
+        let i = self.chunks.len() as u32;
+        self.chunks.push(r);
+        self.seen.insert(r.id, i);
+        (i, true)
     }
 }
 
@@ -413,18 +431,7 @@ pub fn pack(
     for (k, v) in &opts.labels {
         builder.add_label(k, v);
     }
-    let base = opts.base.as_deref().map(ImageManifest::open).transpose()?;
-    if let Some(b) = &base {
-        // Its chunk references are copied into the new image: make sure it is intact.
-        b.check_body_hash()?;
-        b.check_structure()?;
-    }
-    let base_ids: HashSet<ChunkId> = match &base {
-        Some(base) => (0..base.unique_chunk_count())
-            .map(|i| base.unique_chunk(i as u32).map(|c| c.id))
-            .collect::<Result<_, _>>()?,
-        None => HashSet::new(),
-    };
+    let (base, base_ids) = open_base(opts)?;
 
     let mut summary = PackSummary::default();
     let mut files = walk(src, &opts.exclude, &mut builder, &mut summary)?;
@@ -438,176 +445,37 @@ pub fn pack(
         .map(|f| vec![None; f.size.div_ceil(cs) as usize])
         .collect();
     // Distinct chunks in arrival order; renumbered in file order below so the manifest is reproducible.
-    let mut chunks: Vec<ChunkRef> = Vec::new();
-    let mut seen: HashMap<ChunkId, u32> = HashMap::new();
-
-    // Files unchanged since the base image: take its chunk list instead of reading them.
+    let mut table = ChunkTable::default();
     if let Some(base) = base
         .as_ref()
         .filter(|b| !opts.reread && b.chunk_size() == opts.chunk_size)
     {
-        for (f, file_slots) in files.iter_mut().zip(slots.iter_mut()) {
-            let Some(refs) = unchanged_in_base(base, f)? else {
-                continue;
-            };
-            if refs.len() != file_slots.len() {
-                continue;
-            }
-            for (slot, r) in file_slots.iter_mut().zip(refs) {
-                let Some(r) = r else { continue };
-                summary.chunks_total += 1;
-                let i = match seen.get(&r.id) {
-                    Some(&i) => i,
-                    None => {
-                        let i = chunks.len() as u32;
-                        chunks.push(r);
-                        seen.insert(r.id, i);
-                        summary.bytes_stored += u64::from(r.stored_len);
-                        i
-                    }
-                };
-                *slot = Some(i);
-            }
-            f.from_base = true;
-            summary.files_unchanged += 1;
-            if let Some(p) = progress {
-                p.advance(f.size);
-            }
-        }
+        let reuse = Reuse {
+            slots: &mut slots,
+            table: &mut table,
+            summary: &mut summary,
+        };
+        reuse_unchanged(base, &mut files, reuse, progress)?;
     }
-
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    } else {
-        opts.threads
+    let chunking = Chunking {
+        files: &files,
+        store,
+        opts,
+        progress,
+        base_ids: &base_ids,
     };
-    let upload_threads = opts.upload_threads.max(1);
-    let batch_chunks = opts.batch_chunks.max(1);
-    let failure = Failure {
-        abort: AtomicBool::new(false),
-        error: Mutex::new(None),
+    let reuse = Reuse {
+        slots: &mut slots,
+        table: &mut table,
+        summary: &mut summary,
     };
-    let (job_tx, job_rx) = bounded::<ChunkJob>(threads * 2);
-    let (done_tx, done_rx) = bounded::<ChunkDone>(threads * 2);
-    let (batch_tx, batch_rx) = bounded::<UploadBatch>(upload_threads);
-    let upload_totals = Mutex::new(UploadCounts::default());
+    let totals = chunking.run(reuse)?;
 
-    std::thread::scope(|scope| {
-        // Producer: opens files, finds holes, hands out chunk jobs.
-        let failure_ref = &failure;
-        let files_ref = &files;
-        scope.spawn(move || {
-            produce_jobs(files_ref, cs, job_tx, failure_ref, progress);
-        });
-        // Encoders.
-        for _ in 0..threads {
-            let job_rx: Receiver<ChunkJob> = job_rx.clone();
-            let done_tx: Sender<ChunkDone> = done_tx.clone();
-            let failure = &failure;
-            let level = opts.zstd_level;
-            scope.spawn(move || {
-                let mut buf = Vec::new();
-                for job in job_rx {
-                    if failure.aborted() {
-                        continue;
-                    }
-                    match encode_job(&job, level, &mut buf, files_ref) {
-                        Ok(encoded) => {
-                            if let Some(p) = progress {
-                                p.advance(job.len as u64);
-                            }
-                            let done = ChunkDone {
-                                file_idx: job.file_idx,
-                                chunk_idx: job.chunk_idx,
-                                encoded,
-                            };
-                            if done_tx.send(done).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) => failure.set(e),
-                    }
-                }
-            });
-        }
-        drop(job_rx);
-        drop(done_tx);
-        // Uploaders.
-        for _ in 0..upload_threads {
-            let batch_rx = batch_rx.clone();
-            let failure = &failure;
-            let totals = &upload_totals;
-            scope.spawn(move || {
-                for batch in batch_rx {
-                    if failure.aborted() {
-                        continue;
-                    }
-                    match upload_batch(store, &batch) {
-                        Ok(c) => {
-                            if let Ok(mut t) = totals.lock() {
-                                t.chunks_new += c.chunks_new;
-                                t.bytes_uploaded += c.bytes_uploaded;
-                            }
-                        }
-                        Err(e) => failure.set(e),
-                    }
-                }
-            });
-        }
-        drop(batch_rx);
-        // Collector (this thread): dedup, record chunk refs, form upload batches.
-        let mut pending: UploadBatch = Vec::with_capacity(batch_chunks);
-        let mut pending_bytes = 0usize;
-        for done in done_rx {
-            let Some(file_slots) = slots.get_mut(done.file_idx) else {
-                continue;
-            };
-            let Some(slot) = file_slots.get_mut(done.chunk_idx as usize) else {
-                continue;
-            };
-            let Some(enc) = done.encoded else {
-                continue;
-            };
-            summary.chunks_total += 1;
-            let id = enc.chunk_ref.id;
-            if let Some(&i) = seen.get(&id) {
-                *slot = Some(i);
-                continue;
-            }
-            let i = chunks.len() as u32;
-            chunks.push(enc.chunk_ref);
-            seen.insert(id, i);
-            *slot = Some(i);
-            summary.bytes_stored += u64::from(enc.chunk_ref.stored_len);
-            if base_ids.contains(&id) {
-                continue;
-            }
-            pending_bytes += enc.stored.len();
-            pending.push((id, enc.stored));
-            if pending.len() >= batch_chunks || pending_bytes >= opts.batch_bytes {
-                pending_bytes = 0;
-                let batch = std::mem::replace(&mut pending, Vec::with_capacity(batch_chunks));
-                if batch_tx.send(batch).is_err() {
-                    break;
-                }
-            }
-        }
-        if !pending.is_empty() && !failure.aborted() {
-            let _ = batch_tx.send(pending);
-        }
-        drop(batch_tx);
-    });
-
-    if let Some(e) = failure.error.into_inner().ok().flatten() {
-        return Err(e);
-    }
     for (f, s) in files.iter().zip(&slots) {
         let canonical: Vec<Option<u32>> = s
             .iter()
             .map(|slot| {
-                slot.and_then(|i| chunks.get(i as usize))
+                slot.and_then(|i| table.chunks.get(i as usize))
                     .map(|r| builder.add_chunk(*r))
             })
             .collect();
@@ -617,7 +485,6 @@ pub fn pack(
             .map(|(i, _)| (f.size - i as u64 * cs).min(cs))
             .sum::<u64>();
     }
-    let totals = upload_totals.into_inner().unwrap_or_default();
     summary.chunks_unique = builder.chunk_count() as u64;
     summary.chunks_new = totals.chunks_new;
     summary.chunks_reused = summary.chunks_unique - totals.chunks_new.min(summary.chunks_unique);
@@ -627,6 +494,204 @@ pub fn pack(
     crate::writer::write_atomically(out, &bytes)?;
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The base image of [`PackOptions::base`], checked intact (its chunk references are copied into the
+/// new image), and the ids of its chunks.
+fn open_base(opts: &PackOptions) -> Result<(Option<ImageManifest>, HashSet<ChunkId>), ImageError> {
+    let Some(path) = opts.base.as_deref() else {
+        return Ok((None, HashSet::new()));
+    };
+    let base = ImageManifest::open(path)?;
+    base.check_body_hash()?;
+    base.check_structure()?;
+    let ids = (0..base.unique_chunk_count())
+        .map(|i| base.unique_chunk(i as u32).map(|c| c.id))
+        .collect::<Result<_, _>>()?;
+    Ok((Some(base), ids))
+}
+
+/// What chunking fills in: each file's slots (indices into `table`), the table, the counts.
+struct Reuse<'a> {
+    slots: &'a mut [Vec<Option<u32>>],
+    table: &'a mut ChunkTable,
+    summary: &'a mut PackSummary,
+}
+
+/// Files unchanged since the base image take its chunk list instead of being read.
+fn reuse_unchanged(
+    base: &ImageManifest,
+    files: &mut [FileToChunk],
+    out: Reuse<'_>,
+    progress: Option<&dyn PackProgress>,
+) -> Result<(), ImageError> {
+    for (f, file_slots) in files.iter_mut().zip(out.slots.iter_mut()) {
+        let Some(refs) = unchanged_in_base(base, f)? else {
+            continue;
+        };
+        if refs.len() != file_slots.len() {
+            continue;
+        }
+        for (slot, r) in file_slots.iter_mut().zip(refs) {
+            let Some(r) = r else { continue };
+            out.summary.chunks_total += 1;
+            let (i, new) = out.table.insert(r);
+            if new {
+                out.summary.bytes_stored += u64::from(r.stored_len);
+            }
+            *slot = Some(i);
+        }
+        f.from_base = true;
+        out.summary.files_unchanged += 1;
+        if let Some(p) = progress {
+            p.advance(f.size);
+        }
+    }
+    Ok(())
+}
+
+/// The chunking pipeline: one producer thread (opens files, finds holes), encoder threads (read,
+/// zero check, encode), the calling thread as collector (dedup, slot filling, upload batches) and
+/// upload threads (existence check, then upload of the missing chunks).
+struct Chunking<'a> {
+    files: &'a [FileToChunk],
+    store: &'a dyn ChunkStore,
+    opts: &'a PackOptions,
+    progress: Option<&'a dyn PackProgress>,
+    /// Chunks the store is known to hold: never uploaded.
+    base_ids: &'a HashSet<ChunkId>,
+}
+
+impl Chunking<'_> {
+    /// Chunks every file not taken from the base; returns what the uploads did.
+    fn run(&self, out: Reuse<'_>) -> Result<UploadCounts, ImageError> {
+        let threads = if self.opts.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            self.opts.threads
+        };
+        let upload_threads = self.opts.upload_threads.max(1);
+        let cs = u64::from(self.opts.chunk_size);
+        let failure = Failure::default();
+        let totals = Mutex::new(UploadCounts::default());
+        let (job_tx, job_rx) = bounded::<ChunkJob>(threads * 2);
+        let (done_tx, done_rx) = bounded::<ChunkDone>(threads * 2);
+        let (batch_tx, batch_rx) = bounded::<UploadBatch>(upload_threads);
+        std::thread::scope(|scope| {
+            let failure = &failure;
+            scope.spawn(move || produce_jobs(self.files, cs, job_tx, failure, self.progress));
+            for _ in 0..threads {
+                let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
+                scope.spawn(move || self.encode_jobs(job_rx, done_tx, failure));
+            }
+            drop((job_rx, done_tx));
+            for _ in 0..upload_threads {
+                let batch_rx = batch_rx.clone();
+                let totals = &totals;
+                scope.spawn(move || self.upload_batches(batch_rx, totals, failure));
+            }
+            drop(batch_rx);
+            self.collect(done_rx, batch_tx, out, failure);
+        });
+        if let Some(e) = failure.error.into_inner() {
+            return Err(e);
+        }
+        Ok(totals.into_inner())
+    }
+
+    fn encode_jobs(&self, jobs: Receiver<ChunkJob>, done: Sender<ChunkDone>, failure: &Failure) {
+        let mut buf = Vec::new();
+        for job in jobs {
+            if failure.aborted() {
+                continue;
+            }
+            match encode_job(&job, self.opts.zstd_level, &mut buf, self.files) {
+                Ok(encoded) => {
+                    if let Some(p) = self.progress {
+                        p.advance(job.len as u64);
+                    }
+                    let result = ChunkDone {
+                        file_idx: job.file_idx,
+                        chunk_idx: job.chunk_idx,
+                        encoded,
+                    };
+                    if done.send(result).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => failure.set(e),
+            }
+        }
+    }
+
+    fn upload_batches(
+        &self,
+        batches: Receiver<UploadBatch>,
+        totals: &Mutex<UploadCounts>,
+        failure: &Failure,
+    ) {
+        for batch in batches {
+            if failure.aborted() {
+                continue;
+            }
+            match upload_batch(self.store, &batch) {
+                Ok(c) => {
+                    let mut t = totals.lock();
+                    t.chunks_new += c.chunks_new;
+                    t.bytes_uploaded += c.bytes_uploaded;
+                }
+                Err(e) => failure.set(e),
+            }
+        }
+    }
+
+    /// Records each encoded chunk in its file's slot and the table, and batches the new ones for upload.
+    fn collect(
+        &self,
+        done: Receiver<ChunkDone>,
+        batches: Sender<UploadBatch>,
+        out: Reuse<'_>,
+        failure: &Failure,
+    ) {
+        let batch_chunks = self.opts.batch_chunks.max(1);
+        let mut pending: UploadBatch = Vec::with_capacity(batch_chunks);
+        let mut pending_bytes = 0usize;
+        for done in done {
+            let Some(file_slots) = out.slots.get_mut(done.file_idx) else {
+                continue;
+            };
+            let Some(slot) = file_slots.get_mut(done.chunk_idx as usize) else {
+                continue;
+            };
+            let Some(enc) = done.encoded else {
+                continue;
+            };
+            out.summary.chunks_total += 1;
+            let (i, new) = out.table.insert(enc.chunk_ref);
+            *slot = Some(i);
+            if !new {
+                continue;
+            }
+            out.summary.bytes_stored += u64::from(enc.chunk_ref.stored_len);
+            if self.base_ids.contains(&enc.chunk_ref.id) {
+                continue;
+            }
+            pending_bytes += enc.stored.len();
+            pending.push((enc.chunk_ref.id, enc.stored));
+            if pending.len() >= batch_chunks || pending_bytes >= self.opts.batch_bytes {
+                pending_bytes = 0;
+                let batch = std::mem::replace(&mut pending, Vec::with_capacity(batch_chunks));
+                if batches.send(batch).is_err() {
+                    break;
+                }
+            }
+        }
+        if !pending.is_empty() && !failure.aborted() {
+            let _ = batches.send(pending);
+        }
+    }
 }
 
 /// The base image's chunks for `f` when the file is unchanged since the base was packed: same path, kind,

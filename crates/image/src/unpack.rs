@@ -88,6 +88,39 @@ pub fn unpack(
     let started = Instant::now();
     m.check_structure()?;
     let tree = walk_tree(m)?;
+    prepare_destination(dest)?;
+    let mut summary = UnpackSummary::default();
+    create_tree(m, &tree, dest, &mut summary)?;
+    let (bytes_written, chunks_fetched) = restore_contents(m, store, &tree, dest, opts)?;
+    summary.bytes_written = bytes_written;
+    summary.chunks_fetched = chunks_fetched;
+    // Non-directories first, then directories deepest first (so writing into a directory does not
+    // disturb its restored mtime).
+    for e in tree
+        .iter()
+        .filter(|e| e.first && e.kind != FileKind::Directory)
+    {
+        restore_metadata(
+            m,
+            &full_path(dest, e),
+            &m.getattr(e.ino)?,
+            opts.restore_owner,
+        )?;
+    }
+    for e in tree.iter().rev().filter(|e| e.kind == FileKind::Directory) {
+        restore_metadata(
+            m,
+            &full_path(dest, e),
+            &m.getattr(e.ino)?,
+            opts.restore_owner,
+        )?;
+    }
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Creates `dest`, or checks that it is an empty directory.
+fn prepare_destination(dest: &Path) -> Result<(), ImageError> {
     if dest.exists() {
         let mut rd = fs::read_dir(dest).map_err(|e| io_err("read directory", dest, e))?;
         if rd.next().is_some() {
@@ -99,19 +132,29 @@ pub fn unpack(
     } else {
         fs::create_dir_all(dest).map_err(|e| io_err("create directory", dest, e))?;
     }
-    let mut summary = UnpackSummary::default();
-    let full = |e: &TreeEntry| -> PathBuf {
-        if e.path.as_os_str().is_empty() {
-            dest.to_path_buf()
-        } else {
-            dest.join(&e.path)
-        }
-    };
+    Ok(())
+}
 
-    // 1. Directories (pre-order, so parents exist), then every other first name.
+/// Where tree entry `e` goes under `dest`.
+fn full_path(dest: &Path, e: &TreeEntry) -> PathBuf {
+    if e.path.as_os_str().is_empty() {
+        dest.to_path_buf()
+    } else {
+        dest.join(&e.path)
+    }
+}
+
+/// Creates every name of the tree (pre-order, so parents exist): directories, regular files at full
+/// length, symlinks, device nodes, fifos and sockets, and hard links to names already created.
+fn create_tree(
+    m: &ImageManifest,
+    tree: &[TreeEntry],
+    dest: &Path,
+    summary: &mut UnpackSummary,
+) -> Result<(), ImageError> {
     let mut first_path: Vec<Option<PathBuf>> = vec![None; m.inode_count() as usize + 1];
-    for e in &tree {
-        let path = full(e);
+    for e in tree {
+        let path = full_path(dest, e);
         let attrs = m.getattr(e.ino)?;
         if !e.first {
             let target = first_path
@@ -163,8 +206,18 @@ pub fn unpack(
             }
         }
     }
+    Ok(())
+}
 
-    // 2. File contents, in parallel runs of chunks.
+/// Fetches and writes the content of every regular file in runs of chunks on a thread pool; returns
+/// (bytes written, chunks fetched).
+fn restore_contents(
+    m: &ImageManifest,
+    store: &dyn ChunkStore,
+    tree: &[TreeEntry],
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<(u64, u64), ImageError> {
     let mut runs = Vec::new();
     let batch = opts.batch_chunks.max(1) as u64;
     for e in tree
@@ -196,22 +249,7 @@ pub fn unpack(
             Ok::<(), ImageError>(())
         })
     })?;
-    summary.bytes_written = bytes_written.into_inner();
-    summary.chunks_fetched = chunks_fetched.into_inner();
-
-    // 3. Metadata: non-directories first, then directories deepest first (so writing into a directory
-    //    does not disturb its restored mtime).
-    for e in tree
-        .iter()
-        .filter(|e| e.first && e.kind != FileKind::Directory)
-    {
-        restore_metadata(m, &full(e), &m.getattr(e.ino)?, opts.restore_owner)?;
-    }
-    for e in tree.iter().rev().filter(|e| e.kind == FileKind::Directory) {
-        restore_metadata(m, &full(e), &m.getattr(e.ino)?, opts.restore_owner)?;
-    }
-    summary.elapsed_secs = started.elapsed().as_secs_f64();
-    Ok(summary)
+    Ok((bytes_written.into_inner(), chunks_fetched.into_inner()))
 }
 
 /// Fetches, verifies and writes one run of chunks; returns (bytes written, chunks fetched).
