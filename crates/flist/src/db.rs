@@ -559,7 +559,7 @@ pub struct NewFlInode<'a> {
     pub ctime: i64,
     /// Modification time, seconds.
     pub mtime: i64,
-    /// Symlink target.
+    /// Symlink target (stored as a BLOB, as rfs does: any bytes).
     pub target: Option<&'a [u8]>,
 }
 
@@ -634,10 +634,6 @@ impl FlistWriter {
         .map_err(&e)?;
         let ino = self.conn.last_insert_rowid() as u64;
         if let Some(target) = n.target {
-            let target = std::str::from_utf8(target).map_err(|_| FlistError::Invalid {
-                path: self.path.clone(),
-                reason: format!("symlink target of inode {ino} is not UTF-8"),
-            })?;
             let mut stmt = self
                 .conn
                 .prepare_cached("INSERT INTO extra (ino, data) VALUES (?, ?)")

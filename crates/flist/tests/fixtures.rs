@@ -275,6 +275,14 @@ fn a_written_flist_has_the_rfs_schema_and_reads_back_the_same() {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(types, vec![("blob".into(), "blob".into(), 32)]);
+        let extra: Vec<String> = conn
+            .prepare("SELECT DISTINCT typeof(data) FROM extra")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(extra, vec!["blob".to_string()]);
         let seq: i64 = conn
             .query_row(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'inode'",

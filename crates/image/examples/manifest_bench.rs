@@ -59,6 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 plain_len: chunk_size,
                 stored_len: chunk_size + 16,
                 compressed: false,
+                encoding: image::ChunkEncoding::Thinnode,
             })
         })
         .collect();

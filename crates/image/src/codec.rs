@@ -1,11 +1,13 @@
 //! Chunk encoding: plaintext → zstd (kept only when it shrinks) → AES-256-GCM under a convergent key →
-//! stored object, whose BLAKE3 hash is the [`ChunkId`].
+//! stored object, whose BLAKE3 hash is the [`ChunkId`]. Chunks may also be rfs blocks (ThreeFold flists,
+//! [`ChunkEncoding::RfsBlock`]): [`decode_chunk`] and [`check_chunk_key`] handle both, using crate
+//! `flist` for the rfs codec.
 
 use std::cell::RefCell;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
-use crate::{ChunkId, ChunkRef, ImageError};
+use crate::{ChunkEncoding, ChunkId, ChunkRef, ImageError};
 
 /// The BLAKE3 key-derivation context for convergent chunk keys.
 pub const CHUNK_KEY_CONTEXT: &str = "thinnode chunk key v1";
@@ -114,9 +116,40 @@ pub fn encode_chunk(plain: &[u8], level: i32) -> Result<EncodedChunk, ImageError
             plain_len,
             stored_len,
             compressed: is_compressed,
+            encoding: ChunkEncoding::Thinnode,
         },
         stored: buf,
     })
+}
+
+/// Encodes one plaintext chunk with `encoding`: [`encode_chunk`] for thinnode's own, the rfs block codec
+/// (what rfs would store for this block, byte for byte) for [`ChunkEncoding::RfsBlock`]. `level` is the
+/// zstd level and only matters for thinnode's encoding.
+pub fn encode_chunk_as(
+    encoding: ChunkEncoding,
+    plain: &[u8],
+    level: i32,
+) -> Result<EncodedChunk, ImageError> {
+    match encoding {
+        ChunkEncoding::Thinnode => encode_chunk(plain, level),
+        ChunkEncoding::RfsBlock => {
+            let too_large = || ImageError::Invalid(format!("block of {} bytes", plain.len()));
+            let plain_len = u32::try_from(plain.len()).map_err(|_| too_large())?;
+            let enc = flist::encode_block(plain)
+                .map_err(|e| ImageError::Invalid(format!("rfs block encoding: {e}")))?;
+            Ok(EncodedChunk {
+                chunk_ref: ChunkRef {
+                    id: ChunkId(enc.block.id),
+                    key: enc.block.key,
+                    plain_len,
+                    stored_len: u32::try_from(enc.stored.len()).map_err(|_| too_large())?,
+                    compressed: false,
+                    encoding: ChunkEncoding::RfsBlock,
+                },
+                stored: enc.stored,
+            })
+        }
+    }
 }
 
 /// Chunks at least this long are probed before being compressed.
@@ -199,7 +232,15 @@ impl DecodedChunk {
 /// [`ImageError::CorruptChunk`]. The id check alone pins the stored bytes to what pack produced, so the
 /// plaintext is not hashed again here (that costs a BLAKE3 pass per read); [`check_chunk_key`] does that
 /// extra check where it is wanted (`verify --deep`).
+///
+/// An rfs block ([`ChunkEncoding::RfsBlock`]) is checked as rfs defines it: `BLAKE2b-256(stored) == id`,
+/// AES-GCM opens under the key with nonce `key[0..12]`, snappy yields exactly `plain_len` bytes, and
+/// `BLAKE2b-256(plaintext) == key` (checked on every read: the flist is not signed, so the key is the only
+/// record of what the plaintext must be). `stored_len` 0 (unknown) is not checked.
 pub fn decode_chunk(r: &ChunkRef, stored: &[u8]) -> Result<DecodedChunk, ImageError> {
+    if r.encoding == ChunkEncoding::RfsBlock {
+        return decode_rfs_block(r, stored);
+    }
     let corrupt = |reason: String| ImageError::CorruptChunk { id: r.id, reason };
     if stored.len() != r.stored_len as usize {
         return Err(corrupt(format!(
@@ -250,9 +291,51 @@ pub fn decode_chunk(r: &ChunkRef, stored: &[u8]) -> Result<DecodedChunk, ImageEr
     Ok(plain)
 }
 
+/// [`decode_chunk`] of an rfs block, into page-aligned memory like thinnode chunks.
+fn decode_rfs_block(r: &ChunkRef, stored: &[u8]) -> Result<DecodedChunk, ImageError> {
+    let corrupt = |e: flist::BlockError| ImageError::CorruptChunk {
+        id: r.id,
+        reason: e.to_string(),
+    };
+    if r.stored_len != 0 && stored.len() != r.stored_len as usize {
+        return Err(ImageError::CorruptChunk {
+            id: r.id,
+            reason: format!(
+                "stored object is {} bytes, manifest says {}",
+                stored.len(),
+                r.stored_len
+            ),
+        });
+    }
+    flist::check_id(&r.id.0, stored).map_err(corrupt)?;
+    let (mut buf, start) = DecodedChunk::aligned_buffer(stored.len());
+    buf.extend_from_slice(stored);
+    let compressed_len = flist::decrypt_in_place(&r.key, buf.get_mut(start..).unwrap_or_default())
+        .map_err(corrupt)?;
+    let compressed = buf.get(start..start + compressed_len).unwrap_or_default();
+    let len = r.plain_len as usize;
+    let (mut out, out_start) = DecodedChunk::aligned_buffer(len);
+    out.resize(out_start + len, 0);
+    flist::decompress_into(compressed, out.get_mut(out_start..).unwrap_or_default())
+        .map_err(corrupt)?;
+    let plain = DecodedChunk {
+        buf: out,
+        start: out_start,
+        len,
+    };
+    flist::check_key(&r.key, &plain).map_err(corrupt)?;
+    Ok(plain)
+}
+
 /// Checks that a decoded plaintext derives the key the manifest records for it (a packer bug or a
-/// forged manifest entry would show here).
+/// forged manifest entry would show here). For an rfs block the key is `BLAKE2b-256(plaintext)`.
 pub fn check_chunk_key(r: &ChunkRef, plain: &[u8]) -> Result<(), ImageError> {
+    if r.encoding == ChunkEncoding::RfsBlock {
+        return flist::check_key(&r.key, plain).map_err(|e| ImageError::CorruptChunk {
+            id: r.id,
+            reason: e.to_string(),
+        });
+    }
     if chunk_key(plain) != r.key {
         return Err(ImageError::CorruptChunk {
             id: r.id,

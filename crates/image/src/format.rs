@@ -31,6 +31,28 @@ pub const SECTION_COUNT: usize = 8;
 pub const HOLE: u32 = u32::MAX;
 /// Chunk record flag: the plaintext was zstd-compressed.
 pub const CHUNK_COMPRESSED: u32 = 1;
+/// Chunk record flag: the stored object is an rfs block (snappy, AES-256-GCM with nonce = key[0..12],
+/// BLAKE2b-256 key and id; see docs/flist.md) rather than thinnode's encoding.
+pub const CHUNK_RFS_BLOCK: u32 = 2;
+
+/// The chunk record flags of `c`.
+pub fn chunk_flags(c: &crate::ChunkRef) -> u32 {
+    let mut flags = if c.compressed { CHUNK_COMPRESSED } else { 0 };
+    if c.encoding == crate::ChunkEncoding::RfsBlock {
+        flags |= CHUNK_RFS_BLOCK;
+    }
+    flags
+}
+
+/// Whether a chunk record's `flags` say zstd-compressed, and its encoding.
+pub fn chunk_kind(flags: u32) -> (bool, crate::ChunkEncoding) {
+    let encoding = if flags & CHUNK_RFS_BLOCK != 0 {
+        crate::ChunkEncoding::RfsBlock
+    } else {
+        crate::ChunkEncoding::Thinnode
+    };
+    (flags & CHUNK_COMPRESSED != 0, encoding)
+}
 
 /// The sections of a manifest, in the order of the header's section table and of the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,7 +222,7 @@ pub struct ChunkRecord {
     pub plain_len: U32,
     /// Stored object length.
     pub stored_len: U32,
-    /// [`CHUNK_COMPRESSED`] or 0.
+    /// [`CHUNK_COMPRESSED`], [`CHUNK_RFS_BLOCK`] or 0.
     pub flags: U32,
     /// Reserved, 0.
     pub reserved: U32,

@@ -5,6 +5,8 @@
 //! plaintext and stored in a [`store::ChunkStore`] under the BLAKE3 hash of the stored object.
 
 mod codec;
+mod convert;
+pub mod fl;
 mod format;
 mod keys;
 mod pack;
@@ -19,9 +21,11 @@ mod writer;
 use std::path::PathBuf;
 
 pub use codec::{
-    check_chunk_key, chunk_key, decode_chunk, encode_chunk, DecodedChunk, EncodedChunk,
-    CHUNK_KEY_CONTEXT, DECODED_ALIGN, DEFAULT_ZSTD_LEVEL, TAG_LEN,
+    check_chunk_key, chunk_key, decode_chunk, encode_chunk, encode_chunk_as, DecodedChunk,
+    EncodedChunk, CHUNK_KEY_CONTEXT, DECODED_ALIGN, DEFAULT_ZSTD_LEVEL, TAG_LEN,
 };
+pub use convert::{convert_image, ConvertOptions, ConvertSummary};
+pub use fl::{FlistLosses, FlistOptions, FlistWriteOptions, FlistWriteSummary};
 pub use format::{FORMAT_VERSION, MAGIC};
 pub use keys::{
     generate_signing_key, read_signing_key, read_verifying_key, write_key_pair, write_signing_key,
@@ -121,6 +125,18 @@ pub struct SourceStamp {
     pub ctime_nsec: u32,
 }
 
+/// How a chunk's stored object is made from its plaintext (docs/format.md, "Chunk encoding").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum ChunkEncoding {
+    /// thinnode's own: zstd when it shrinks, AES-256-GCM with a zero nonce under
+    /// `BLAKE3.derive_key(plaintext)`, id = BLAKE3 of the stored object.
+    #[default]
+    Thinnode,
+    /// An rfs block (ThreeFold flists): snappy, AES-256-GCM with nonce = key[0..12] under
+    /// key = BLAKE2b-256(plaintext), id = BLAKE2b-256 of the stored object (see crate `flist`).
+    RfsBlock,
+}
+
 /// Everything needed to fetch and decode one chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkRef {
@@ -130,10 +146,35 @@ pub struct ChunkRef {
     pub key: [u8; 32],
     /// Plaintext length in bytes.
     pub plain_len: u32,
-    /// Stored object length in bytes.
+    /// Stored object length in bytes; 0 when unknown (flists do not record it).
     pub stored_len: u32,
-    /// Whether the plaintext was zstd-compressed before encryption.
+    /// Whether the plaintext was zstd-compressed before encryption (thinnode encoding only).
     pub compressed: bool,
+    /// How the stored object is encoded.
+    pub encoding: ChunkEncoding,
+}
+
+impl ChunkRef {
+    /// The stored length, or when the manifest does not know it (rfs blocks read from an flist) an
+    /// upper bound from the plaintext length: what rate limits and batch sizes count.
+    pub fn stored_len_estimate(&self) -> u64 {
+        if self.stored_len != 0 || self.plain_len == 0 {
+            return u64::from(self.stored_len);
+        }
+        // snappy's worst case is 32 + n + n/6; the GCM tag adds 16.
+        let n = u64::from(self.plain_len);
+        32 + n + n / 6 + TAG_LEN as u64
+    }
+}
+
+/// What file an [`ImageManifest`] was read from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum ManifestSource {
+    /// A thinnode image manifest.
+    #[default]
+    Image,
+    /// A ThreeFold flist (`.fl`), turned into a manifest in memory.
+    Flist,
 }
 
 /// Errors from reading, writing and using images.
@@ -207,6 +248,9 @@ pub enum ImageError {
     /// A chunk store operation failed.
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
+    /// Reading or writing a ThreeFold flist failed.
+    #[error("{0}")]
+    Flist(#[from] flist::FlistError),
     /// Invalid input or options (bad chunk size, duplicate names, unsupported file, ...).
     #[error("{0}")]
     Invalid(String),

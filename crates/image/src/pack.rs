@@ -19,11 +19,11 @@ use ed25519_dalek::SigningKey;
 use parking_lot::Mutex;
 use store::ChunkStore;
 
-use crate::codec::{encode_chunk, EncodedChunk};
+use crate::codec::{encode_chunk_as, EncodedChunk};
 use crate::writer::{ManifestBuilder, NewInode};
 use crate::{
-    ChunkId, ChunkRef, FileKind, ImageError, ImageManifest, Ino, SourceStamp, XattrList,
-    DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL, ROOT_INO,
+    ChunkEncoding, ChunkId, ChunkRef, FileKind, ImageError, ImageManifest, Ino, SourceStamp,
+    XattrList, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL, ROOT_INO,
 };
 
 /// Options of [`pack`].
@@ -53,6 +53,8 @@ pub struct PackOptions {
     /// Paths relative to the packed directory that are left out of the image, with everything below
     /// them (e.g. node secrets). A listed path that does not exist is ignored.
     pub exclude: Vec<PathBuf>,
+    /// How chunks are encoded (rfs blocks for flists, see [`crate::fl::pack_flist`]).
+    pub encoding: ChunkEncoding,
 }
 
 impl Default for PackOptions {
@@ -69,6 +71,7 @@ impl Default for PackOptions {
             batch_chunks: 64,
             batch_bytes: 16 << 20,
             exclude: Vec::new(),
+            encoding: ChunkEncoding::Thinnode,
         }
     }
 }
@@ -418,6 +421,26 @@ pub fn pack(
     progress: Option<&dyn PackProgress>,
 ) -> Result<PackSummary, ImageError> {
     let started = Instant::now();
+    let (builder, mut summary) = pack_into(src, store, opts, progress, &|_| Ok(()))?;
+    let bytes = builder.to_bytes(opts.signer.as_ref())?;
+    summary.manifest_bytes = bytes.len() as u64;
+    crate::writer::write_atomically(out, &bytes)?;
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Checks the walked tree before any chunk is read (e.g. what an flist cannot hold).
+pub(crate) type TreeCheck<'a> = &'a dyn Fn(&ManifestBuilder) -> Result<(), ImageError>;
+
+/// The work of [`pack`] up to the manifest: walks `src`, runs `check_tree` on the walked tree, chunks,
+/// encodes and uploads; returns the filled builder and the summary (without manifest size and time).
+pub(crate) fn pack_into(
+    src: &Path,
+    store: &dyn ChunkStore,
+    opts: &PackOptions,
+    progress: Option<&dyn PackProgress>,
+    check_tree: TreeCheck<'_>,
+) -> Result<(ManifestBuilder, PackSummary), ImageError> {
     let root_meta = fs::symlink_metadata(src).map_err(|e| io_err("stat", src, e))?;
     if !root_meta.is_dir() {
         return Err(ImageError::Invalid(format!(
@@ -435,6 +458,7 @@ pub fn pack(
 
     let mut summary = PackSummary::default();
     let mut files = walk(src, &opts.exclude, &mut builder, &mut summary)?;
+    check_tree(&builder)?;
     if let Some(p) = progress {
         p.start(summary.logical_bytes, summary.files);
     }
@@ -489,11 +513,7 @@ pub fn pack(
     summary.chunks_new = totals.chunks_new;
     summary.chunks_reused = summary.chunks_unique - totals.chunks_new.min(summary.chunks_unique);
     summary.bytes_uploaded = totals.bytes_uploaded;
-    let bytes = builder.to_bytes(opts.signer.as_ref())?;
-    summary.manifest_bytes = bytes.len() as u64;
-    crate::writer::write_atomically(out, &bytes)?;
-    summary.elapsed_secs = started.elapsed().as_secs_f64();
-    Ok(summary)
+    Ok((builder, summary))
 }
 
 /// The base image of [`PackOptions::base`], checked intact (its chunk references are copied into the
@@ -607,7 +627,7 @@ impl Chunking<'_> {
             if failure.aborted() {
                 continue;
             }
-            match encode_job(&job, self.opts.zstd_level, &mut buf, self.files) {
+            match encode_job(&job, self.opts, &mut buf, self.files) {
                 Ok(encoded) => {
                     if let Some(p) = self.progress {
                         p.advance(job.len as u64);
@@ -773,7 +793,7 @@ fn produce_jobs(
 
 fn encode_job(
     job: &ChunkJob,
-    level: i32,
+    opts: &PackOptions,
     buf: &mut Vec<u8>,
     files: &[FileToChunk],
 ) -> Result<Option<EncodedChunk>, ImageError> {
@@ -799,7 +819,7 @@ fn encode_job(
     if is_all_zero(buf) {
         return Ok(None);
     }
-    encode_chunk(buf, level).map(Some)
+    encode_chunk_as(opts.encoding, buf, opts.zstd_level).map(Some)
 }
 
 #[cfg(test)]

@@ -9,13 +9,14 @@ use memmap2::Mmap;
 use zerocopy::FromBytes;
 
 use crate::format::{
-    body_hash, kind_from_code, parse_meta, signed_message, ChunkRecord, DirentRecord, Header,
-    InodeRecord, Record, Section, SlotRecord, StampRecord, Trailer, XattrRecord, CHUNK_COMPRESSED,
+    body_hash, chunk_kind, kind_from_code, parse_meta, signed_message, ChunkRecord, DirentRecord,
+    Header, InodeRecord, Record, Section, SlotRecord, StampRecord, Trailer, XattrRecord,
     FORMAT_VERSION, HEADER_LEN, HOLE, MAGIC, SECTION_COUNT, TRAILER_LEN, TRAILER_MAGIC,
     TRAILER_SIGNED,
 };
 use crate::{
-    ChunkId, ChunkRef, DirEntry, FileKind, ImageError, Ino, Inode, SourceStamp, XattrList, ROOT_INO,
+    ChunkId, ChunkRef, DirEntry, FileKind, ImageError, Ino, Inode, ManifestSource, SourceStamp,
+    XattrList, ROOT_INO,
 };
 
 /// The bytes of a manifest: a read-only memory map of the file, or an owned buffer.
@@ -44,6 +45,7 @@ pub struct ImageManifest {
     body_len: usize,
     stores: Vec<String>,
     labels: Vec<(String, String)>,
+    source: ManifestSource,
 }
 
 /// The decoded fixed part of an inode record.
@@ -81,8 +83,13 @@ impl std::fmt::Debug for ImageManifest {
 impl ImageManifest {
     /// Opens and memory-maps a manifest file. Reads only the header, trailer and the small metadata
     /// section, so the cost does not grow with the image. Does not check the signature
-    /// (see [`ImageManifest::verify_signature`]).
+    /// (see [`ImageManifest::verify_signature`]). A ThreeFold flist (an SQLite file with the rfs tables,
+    /// recognised by its content) is read whole and turned into a manifest in memory instead
+    /// ([`crate::fl::manifest_from_flist`]).
     pub fn open(path: &Path) -> Result<Self, ImageError> {
+        if crate::fl::looks_like_flist(path)? {
+            return crate::fl::manifest_from_flist(path);
+        }
         let file =
             File::open(path).map_err(|e| ImageError::io(format!("open {}", path.display()), e))?;
         let len = file
@@ -184,6 +191,7 @@ impl ImageManifest {
             body_len,
             stores,
             labels,
+            source: ManifestSource::Image,
         };
         if m.raw_inode(ROOT_INO)?.kind != FileKind::Directory {
             return Err(corrupt("the root inode is not a directory"));
@@ -286,6 +294,17 @@ impl ImageManifest {
     fn trailer(&self) -> Result<&Trailer, ImageError> {
         let t = self.bytes().get(self.body_len..).unwrap_or_default();
         Trailer::ref_from_bytes(t).map_err(|_| corrupt("short trailer"))
+    }
+
+    /// What file the manifest was read from (an image, or an flist turned into a manifest).
+    pub fn source(&self) -> ManifestSource {
+        self.source
+    }
+
+    /// Marks a manifest built in memory from another format.
+    pub(crate) fn with_source(mut self, source: ManifestSource) -> Self {
+        self.source = source;
+        self
     }
 
     /// Whether the manifest carries a signature.
@@ -483,12 +502,14 @@ impl ImageManifest {
     /// Entry `index` of the unique chunk table.
     pub fn unique_chunk(&self, index: u32) -> Result<ChunkRef, ImageError> {
         let r: &ChunkRecord = self.record(u64::from(index))?;
+        let (compressed, encoding) = chunk_kind(r.flags.get());
         Ok(ChunkRef {
             id: ChunkId(r.id),
             key: r.key,
             plain_len: r.plain_len.get(),
             stored_len: r.stored_len.get(),
-            compressed: r.flags.get() & CHUNK_COMPRESSED != 0,
+            compressed,
+            encoding,
         })
     }
 

@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 
 use crate::tree::walk_tree;
-use crate::{FileKind, ImageError, ImageManifest, FORMAT_VERSION};
+use crate::{FileKind, ImageError, ImageManifest, ManifestSource, FORMAT_VERSION};
 
 /// Sizes, counts and ratios of an image.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ImageStats {
+    /// What the file is: a thinnode image, or an flist read as one.
+    pub source: ManifestSource,
     /// Manifest format version.
     pub format_version: u32,
     /// Chunk size in bytes.
@@ -44,17 +46,21 @@ pub struct ImageStats {
     pub unique_chunks: u64,
     /// Plaintext bytes of the distinct chunks.
     pub unique_bytes: u64,
-    /// Stored (compressed, encrypted) bytes of the distinct chunks.
+    /// Stored (compressed, encrypted) bytes of the distinct chunks whose stored length is recorded.
     pub stored_bytes: u64,
+    /// Distinct chunks whose stored length the manifest does not record (an flist's blocks): not in
+    /// `stored_bytes` nor in the compression ratio.
+    pub stored_len_unknown: u64,
     /// Referenced plaintext bytes / distinct plaintext bytes.
     pub dedup_ratio: f64,
-    /// Distinct plaintext bytes / stored bytes.
+    /// Distinct plaintext bytes / stored bytes, over the chunks whose stored length is known.
     pub compression_ratio: f64,
 }
 
 /// Computes the statistics of `m` (reads the whole manifest).
 pub fn image_stats(m: &ImageManifest) -> Result<ImageStats, ImageError> {
     let mut s = ImageStats {
+        source: m.source(),
         format_version: FORMAT_VERSION,
         chunk_size: m.chunk_size(),
         signed: m.is_signed(),
@@ -95,10 +101,16 @@ pub fn image_stats(m: &ImageManifest) -> Result<ImageStats, ImageError> {
         }
     }
     s.unique_chunks = m.unique_chunk_count();
+    let mut known_plain = 0u64;
     for i in 0..s.unique_chunks {
         let c = m.unique_chunk(i as u32)?;
         s.unique_bytes += u64::from(c.plain_len);
-        s.stored_bytes += u64::from(c.stored_len);
+        if c.stored_len == 0 && c.plain_len != 0 {
+            s.stored_len_unknown += 1;
+        } else {
+            s.stored_bytes += u64::from(c.stored_len);
+            known_plain += u64::from(c.plain_len);
+        }
     }
     s.dedup_ratio = if s.unique_bytes == 0 {
         1.0
@@ -108,7 +120,7 @@ pub fn image_stats(m: &ImageManifest) -> Result<ImageStats, ImageError> {
     s.compression_ratio = if s.stored_bytes == 0 {
         1.0
     } else {
-        s.unique_bytes as f64 / s.stored_bytes as f64
+        known_plain as f64 / s.stored_bytes as f64
     };
     Ok(s)
 }

@@ -9,8 +9,8 @@ use zerocopy::little_endian::U32;
 use zerocopy::IntoBytes;
 
 use crate::format::{
-    encode_meta, kind_code, seal_body, ChunkRecord, DirentRecord, HeaderFields, InodeRecord,
-    Record, SlotRecord, StampRecord, XattrRecord, CHUNK_COMPRESSED, HOLE, SECTION_COUNT,
+    chunk_flags, encode_meta, kind_code, seal_body, ChunkRecord, DirentRecord, HeaderFields,
+    InodeRecord, Record, SlotRecord, StampRecord, XattrRecord, HOLE, SECTION_COUNT,
 };
 use crate::{
     ChunkId, ChunkRef, FileKind, ImageError, Ino, SourceStamp, XattrList, MAX_CHUNK_SIZE,
@@ -302,7 +302,7 @@ impl ManifestBuilder {
                 key: c.key,
                 plain_len: c.plain_len.into(),
                 stored_len: c.stored_len.into(),
-                flags: U32::new(if c.compressed { CHUNK_COMPRESSED } else { 0 }),
+                flags: U32::new(chunk_flags(c)),
                 reserved: U32::ZERO,
             };
             out.extend_from_slice(rec.as_bytes());

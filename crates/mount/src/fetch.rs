@@ -546,7 +546,7 @@ impl Core {
             return;
         }
         if let Some(l) = &self.limiter {
-            l.acquire(pending.iter().map(|r| u64::from(r.stored_len)).sum());
+            l.acquire(pending.iter().map(|r| r.stored_len_estimate()).sum());
         }
         let deadline = Instant::now() + self.config.timeout;
         let mut backoff = self.config.initial_backoff;
