@@ -41,6 +41,7 @@ fn chunk(n: u8, plain_len: u32, compressed: bool) -> ChunkRef {
         plain_len,
         stored_len: plain_len / 2 + 16,
         compressed,
+        encoding: image::ChunkEncoding::Thinnode,
     }
 }
 
