@@ -2,8 +2,10 @@
 # Installs what thinnode's build, demo and tests need on a Debian machine (idempotent; run as root).
 set -euo pipefail
 # fuse3: fusermount3; redis-tools: redis-benchmark; litecoind: the real node of the demo and node tests;
-# rocksdb-tools: ldb, which builds the RocksDB workload of the layer tests; fio, jq: bench/node-speed.sh.
-pkgs=(fuse3 redis-tools pkg-config litecoind rocksdb-tools fio jq)
+# rocksdb-tools: ldb, which builds the RocksDB workload of the layer tests; fio, jq: bench/node-speed.sh;
+# systemd: systemd-analyze, which checks the units in dist/systemd; podman, runc, debootstrap: the
+# container image test.
+pkgs=(fuse3 redis-tools pkg-config litecoind rocksdb-tools fio jq systemd podman runc debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

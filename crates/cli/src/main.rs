@@ -5,9 +5,17 @@ mod cmd;
 
 use clap::{Parser, Subcommand};
 
+/// The version line: the crate version and the git commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("THINNODE_GIT_COMMIT"),
+    ")"
+);
+
 /// Thin-provision blockchain nodes from content-addressed images stored in 0-db.
 #[derive(Parser)]
-#[command(name = "thinnode", version, about, propagate_version = true)]
+#[command(name = "thinnode", version = VERSION, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,6 +51,10 @@ enum Command {
     Base(cmd::base::Args),
     /// Provision and run nodes from a base image: create, start, stop, ls, logs, reset, promote, rm.
     Node(cmd::node::Args),
+    /// Print a shell completion script (e.g. `thinnode completions bash > /etc/bash_completion.d/thinnode`).
+    Completions(cmd::completions::CompletionsArgs),
+    /// Print the man page, or write every page with --out DIR.
+    Man(cmd::completions::ManArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,5 +74,7 @@ fn main() -> anyhow::Result<()> {
         Command::Store(a) => cmd::store::run(a),
         Command::Base(a) => cmd::base::run(a),
         Command::Node(a) => cmd::node::run(a),
+        Command::Completions(a) => cmd::completions::completions(a),
+        Command::Man(a) => cmd::completions::man(a),
     }
 }

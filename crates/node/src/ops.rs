@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,17 +12,20 @@ use layer::{LayerKind, LayeredMount};
 use mount::daemon;
 
 use crate::base;
+use crate::command::port_placeholders;
 use crate::error::{io_err, NodeError, Result};
 use crate::identity::{self, NetworkKey, SUBSTRATE_KEY_FILE};
+use crate::logs::LogLimits;
+use crate::mountd::clear_mounts;
 use crate::scan;
 use crate::state::{
     check_name, now_secs, IdentityMode, NodeRecord, NodeState, RestartPolicy, StateDir, Status,
     RECORD_VERSION,
 };
-use crate::supervisor::{self, mount_config, port_placeholders};
+use crate::supervisor::{supervise, SuperviseOptions};
 
-/// How long unmounting a leftover mount may take.
-const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time the node command gets after SIGTERM before SIGKILL.
+const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// What `node create` is asked to do.
 #[derive(Debug, Clone)]
@@ -79,18 +81,10 @@ pub struct NodeInfo {
     pub last_exit: Option<String>,
     /// Milliseconds from `node start` to the command being started.
     pub ready_ms: Option<u64>,
-}
-
-/// Unmounts whatever a killed supervisor left at the node's data directory and image mount.
-fn clear_mounts(state: &StateDir, name: &str) -> Result<()> {
-    let data = state.data_dir(name);
-    let lower = state.layer_dir(name).join(layer::stack::LOWER_DIR);
-    for path in [data, lower] {
-        if (path.exists() || daemon::is_stale_mount(&path)) && daemon::is_mountpoint(&path) {
-            daemon::unmount_path(&path, UNMOUNT_TIMEOUT)?;
-        }
-    }
-    Ok(())
+    /// The mount daemon's process id, while running.
+    pub mount_pid: Option<u32>,
+    /// Whether the node starts at boot (`node enable`).
+    pub enabled: bool,
 }
 
 /// After a supervisor died (kill -9, reboot): ends the command it left (if it still runs) and the
@@ -104,6 +98,13 @@ fn clean_after_crash(state: &StateDir, record: &mut NodeRecord) -> Result<()> {
             child.terminate(Duration::from_secs(10));
         }
     }
+    // The kernel sends a mount daemon SIGTERM when its supervisor dies; it may still be unmounting.
+    if let Some(mount) = record.mount.take() {
+        if mount.is_alive() && !mount.wait_gone(Duration::from_secs(30)) {
+            mount.signal(nix::sys::signal::Signal::SIGKILL);
+            mount.wait_gone(Duration::from_secs(5));
+        }
+    }
     clear_mounts(state, &record.name)?;
     if record.status() == Status::Crashed {
         record.state = NodeState::Stopped;
@@ -112,6 +113,26 @@ fn clean_after_crash(state: &StateDir, record: &mut NodeRecord) -> Result<()> {
         state.write(record)?;
     }
     Ok(())
+}
+
+/// The mount settings of a node (its image, host cache, stores, and the key its image must be signed
+/// by, when it has one), for mounts made in this process.
+fn mount_config(record: &NodeRecord) -> Result<daemon::MountConfig> {
+    let mut config = daemon::MountConfig::new(
+        record.image.clone(),
+        // Replaced by LayeredMount with the mountpoint inside the layer directory.
+        record.image.clone(),
+        mount::CacheConfig {
+            dir: record.cache_dir.clone(),
+            max_bytes: record.cache_max_bytes,
+            durable: true,
+        },
+    );
+    config.store_overrides = record.stores.clone();
+    if let Some(trust) = &record.trust {
+        config.trusted_key = Some(image::read_verifying_key(trust)?);
+    }
+    Ok(config)
 }
 
 /// Mounts the node's data directory in this process (for create, reset and promote).
@@ -200,6 +221,10 @@ fn create_locked(
         state: NodeState::Created,
         supervisor: None,
         child: None,
+        mount: None,
+        enabled: false,
+        logs: LogLimits::default(),
+        stop_grace_secs: DEFAULT_STOP_GRACE.as_secs(),
         started_at: None,
         ready_ms: None,
         restarts: 0,
@@ -232,78 +257,110 @@ fn choose_port(taken: &[u16]) -> Result<u16> {
     Err(NodeError::BadArgument("no free TCP port found".into()))
 }
 
-/// Starts node `name`: records the command (choosing ports for new `{port:N}` placeholders), then runs
-/// `exe node --state-dir S supervise NAME` detached and returns once the supervisor reports the data
-/// directory mounted and the command started (or its error).
-pub fn start(
-    state: &StateDir,
-    name: &str,
-    command: Vec<String>,
-    restart: RestartPolicy,
-    exe: &Path,
-    grace: Duration,
-) -> Result<NodeRecord> {
-    let _lock = state.lock(name)?;
+/// What `node start` is asked to do. Everything left `None` is taken from the node's last start.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The node command (placeholders not yet filled in); empty: the recorded one.
+    pub command: Vec<String>,
+    /// The restart policy; `None`: the recorded one.
+    pub restart: Option<RestartPolicy>,
+    /// How long the command gets after SIGTERM before SIGKILL; `None`: the recorded one.
+    pub stop_grace: Option<Duration>,
+    /// Rotation of `node.log` and `supervisor.log`; `None`: the recorded one.
+    pub logs: Option<LogLimits>,
+    /// Run the supervisor in this process (for a service manager) instead of detached.
+    pub foreground: bool,
+}
+
+/// Starts node `name`: records the command and settings (choosing ports for new `{port:N}`
+/// placeholders), then runs its supervisor. Detached (`exe node --state-dir S supervise NAME`, output to
+/// `supervisor.log`), it returns once the supervisor reports the data directory mounted and the command
+/// started, or with its error. In the foreground it returns when the node has stopped, with the final
+/// record.
+pub fn start(state: &StateDir, name: &str, opts: &StartOptions, exe: &Path) -> Result<NodeRecord> {
+    let lock = state.lock(name)?;
     let mut record = state.read(name)?;
     if record.status() == Status::Running {
         return Err(NodeError::Running(name.to_string()));
     }
     clean_after_crash(state, &mut record)?;
-    if command.is_empty() {
-        return Err(NodeError::BadArgument(
-            "no command given: node start NAME -- COMMAND ARGS…".into(),
-        ));
+    record_start(state, &mut record, opts)?;
+    let grace = Duration::from_secs(record.stop_grace_secs);
+    if opts.foreground {
+        // `node stop` takes the lock: it must be free while the supervisor runs.
+        drop(lock);
+        let supervise_opts = SuperviseOptions {
+            exe: exe.to_path_buf(),
+            grace,
+            owns_supervisor_log: false,
+        };
+        return supervise(state, name, &supervise_opts);
     }
-    let mut taken: Vec<u16> = Vec::new();
-    for other in state.names()? {
-        if other != name {
-            if let Ok(r) = state.read(&other) {
-                taken.extend(r.ports.values());
-            }
-        }
-    }
-    for index in port_placeholders(&command)? {
-        if let std::collections::btree_map::Entry::Vacant(slot) = record.ports.entry(index) {
-            let port = choose_port(&taken)?;
-            taken.push(port);
-            slot.insert(port);
-        }
-    }
-    record.command = command;
-    record.restart = restart;
-    record.state = NodeState::Starting;
-    record.supervisor = None;
-    record.child = None;
-    record.last_exit = None;
-    state.write(&record)?;
     let args: Vec<OsString> = vec![
         "node".into(),
         "--state-dir".into(),
         state.root().as_os_str().to_owned(),
         "supervise".into(),
         name.into(),
-        "--stop-grace".into(),
-        grace.as_secs().to_string().into(),
     ];
     let started = Instant::now();
-    match daemon::spawn_detached(exe, &args, &state.supervisor_log_path(name)) {
-        Ok(_) => {}
-        Err(e) => {
-            let mut record = state.read(name)?;
-            if record.state != NodeState::Failed {
-                record.state = NodeState::Failed;
-                record.last_exit = Some(e.to_string());
-                state.write(&record)?;
-            }
-            return Err(NodeError::Supervisor {
-                name: name.to_string(),
-                reason: e.to_string(),
-            });
+    if let Err(e) = daemon::spawn_detached(exe, &args, &state.supervisor_log_path(name)) {
+        let mut record = state.read(name)?;
+        if record.state != NodeState::Failed {
+            record.state = NodeState::Failed;
+            record.last_exit = Some(e.to_string());
+            state.write(&record)?;
         }
+        return Err(NodeError::Supervisor {
+            name: name.to_string(),
+            reason: e.to_string(),
+        });
     }
     let mut record = state.read(name)?;
     record.ready_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
     Ok(record)
+}
+
+/// Writes what a start was given (command, ports, policy, limits) into the record, state `Starting`.
+fn record_start(state: &StateDir, record: &mut NodeRecord, opts: &StartOptions) -> Result<()> {
+    if !opts.command.is_empty() {
+        record.command = opts.command.clone();
+    }
+    if record.command.is_empty() {
+        return Err(NodeError::BadArgument(
+            "no command given: node start NAME -- COMMAND ARGS…".into(),
+        ));
+    }
+    let mut taken: Vec<u16> = Vec::new();
+    for other in state.names()? {
+        if other != record.name {
+            if let Ok(r) = state.read(&other) {
+                taken.extend(r.ports.values());
+            }
+        }
+    }
+    for index in port_placeholders(&record.command)? {
+        if let std::collections::btree_map::Entry::Vacant(slot) = record.ports.entry(index) {
+            let port = choose_port(&taken)?;
+            taken.push(port);
+            slot.insert(port);
+        }
+    }
+    if let Some(restart) = opts.restart {
+        record.restart = restart;
+    }
+    if let Some(grace) = opts.stop_grace {
+        record.stop_grace_secs = grace.as_secs();
+    }
+    if let Some(logs) = opts.logs {
+        record.logs = logs;
+    }
+    record.state = NodeState::Starting;
+    record.supervisor = None;
+    record.child = None;
+    record.mount = None;
+    record.last_exit = None;
+    state.write(record)
 }
 
 /// Stops node `name`: asks its supervisor to stop the command and unmount, waits for it (SIGKILL
@@ -366,6 +423,16 @@ pub fn info(state: &StateDir, record: &NodeRecord) -> NodeInfo {
         restarts: record.restarts,
         last_exit: record.last_exit.clone(),
         ready_ms: record.ready_ms,
+        mount_pid: if running {
+            record
+                .mount
+                .as_ref()
+                .filter(|m| m.is_alive())
+                .map(|m| m.pid)
+        } else {
+            None
+        },
+        enabled: record.enabled,
     }
 }
 
@@ -527,32 +594,4 @@ pub fn remove(state: &StateDir, name: &str, force: bool, timeout: Duration) -> R
     }
     let dir = state.node_dir(name);
     fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))
-}
-
-/// The last `lines` lines of `path` (reads at most the last 4 MiB).
-pub fn tail(path: &Path, lines: usize) -> Result<(String, u64)> {
-    let mut file = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), 0)),
-        Err(e) => return Err(io_err("open", path)(e)),
-    };
-    let len = file.metadata().map_err(io_err("stat", path))?.len();
-    let from = len.saturating_sub(4 << 20);
-    file.seek(SeekFrom::Start(from))
-        .map_err(io_err("seek", path))?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf).map_err(io_err("read", path))?;
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
-    let keep = all.len().saturating_sub(lines);
-    let mut out = all.get(keep..).unwrap_or(&[]).join("\n");
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    Ok((out, len))
-}
-
-/// The supervisor's entry point (the hidden `thinnode node supervise NAME`).
-pub fn supervise(state: &StateDir, name: &str, grace: Duration) -> Result<()> {
-    supervisor::run(state, name, grace)
 }

@@ -13,6 +13,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, NodeError, Result};
+use crate::logs::LogLimits;
 use crate::process::ProcessStamp;
 
 /// The default state directory.
@@ -146,6 +147,18 @@ pub struct NodeRecord {
     pub supervisor: Option<ProcessStamp>,
     /// The node command's process, while it runs.
     pub child: Option<ProcessStamp>,
+    /// The mount daemon serving the node's data directory, while it runs.
+    #[serde(default)]
+    pub mount: Option<ProcessStamp>,
+    /// Whether `node enable` marked the node to start at boot.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Size limit and rotated files kept of `node.log` and `supervisor.log`.
+    #[serde(default)]
+    pub logs: LogLimits,
+    /// Seconds the command gets after SIGTERM before SIGKILL.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_secs: u64,
     /// When the supervisor started (seconds since the epoch).
     pub started_at: Option<u64>,
     /// Milliseconds from `node start` to the command being started (data directory mounted).
@@ -183,6 +196,10 @@ impl NodeRecord {
             _ => None,
         }
     }
+}
+
+fn default_stop_grace() -> u64 {
+    30
 }
 
 /// Seconds since the epoch.
@@ -388,6 +405,10 @@ mod tests {
             state: NodeState::Created,
             supervisor: None,
             child: None,
+            mount: None,
+            enabled: false,
+            logs: LogLimits::default(),
+            stop_grace_secs: 30,
             started_at: None,
             ready_ms: None,
             restarts: 0,

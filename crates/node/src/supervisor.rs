@@ -1,211 +1,95 @@
-//! The per-node supervisor: a detached process that holds the node's data directory mounted (image plus
-//! write layer), runs the node command with its placeholders filled in, restarts it by policy with
-//! backoff, and on SIGTERM stops the command (SIGTERM, then SIGKILL after a grace period), unmounts and
-//! exits. Its state goes to the node record at every change.
+//! The per-node supervisor: the process that keeps a node running. It starts the node's mount daemon
+//! (see `mountd`) and the node command, records both, reports readiness (to a waiting `node start`, or
+//! to systemd with `READY=1`), and then watches them:
+//!
+//! - the command exits: restarted by the node's restart policy, with backoff;
+//! - the mount daemon dies: the command (now on a dead data directory) is stopped, the dead mounts are
+//!   cleared, and under `on-failure` or `always` both are started again, with the same backoff; under
+//!   `no` the node is failed;
+//! - SIGTERM/SIGINT/SIGHUP: the command is stopped (SIGTERM, SIGKILL after the grace period), then the
+//!   mount daemon (which unmounts), and the supervisor exits.
+//!
+//! Its state goes to the node record at every change; the command's output goes to the size-rotated
+//! `node.log`, and, when detached, its own to the size-rotated `supervisor.log`.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::io::Write;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use layer::stack::LayeredMount;
 use mount::daemon;
+use parking_lot::Mutex;
 
-use crate::error::{io_err, NodeError, Result};
+use crate::command;
+use crate::error::{NodeError, Result};
+use crate::logs::{RotatingLog, SharedLog};
+use crate::mountd::{self, MountDaemon};
 use crate::process::ProcessStamp;
+use crate::service;
 use crate::state::{now_secs, NodeRecord, NodeState, RestartPolicy, StateDir};
 
 /// First delay before a restart; doubled after each quick failure.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest delay before a restart.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A command that ran at least this long resets the backoff.
+/// A run at least this long resets the backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
-/// How often the supervisor looks at the command and the mount.
+/// How often the supervisor looks at the command and the mount daemon.
 const POLL: Duration = Duration::from_millis(50);
+/// How often the supervisor's own log is checked for rotation.
+const OWN_LOG_CHECK: Duration = Duration::from_secs(5);
 
-/// The `{port:N}` indexes a command uses, in order of appearance, without repeats.
-pub fn port_placeholders(args: &[String]) -> Result<Vec<String>> {
-    let mut found: Vec<String> = Vec::new();
-    for arg in args {
-        let mut rest = arg.as_str();
-        while let Some(pos) = rest.find("{port:") {
-            let after = rest.get(pos + 6..).unwrap_or("");
-            let end = after.find('}').ok_or_else(|| {
-                NodeError::BadArgument(format!("unterminated {{port:N}} placeholder in {arg:?}"))
-            })?;
-            let index = after.get(..end).unwrap_or("");
-            if index.is_empty() || !index.chars().all(|c| c.is_ascii_digit()) {
-                return Err(NodeError::BadArgument(format!(
-                    "placeholder {{port:{index}}} in {arg:?}: N must be a number"
-                )));
-            }
-            if !found.iter().any(|f| f == index) {
-                found.push(index.to_string());
-            }
-            rest = after.get(end + 1..).unwrap_or("");
-        }
-    }
-    Ok(found)
+/// How a supervisor runs.
+#[derive(Debug, Clone)]
+pub struct SuperviseOptions {
+    /// The thinnode binary, which runs the mount daemon (`thinnode mount … --layer …`).
+    pub exe: PathBuf,
+    /// How long the command gets after SIGTERM before SIGKILL.
+    pub grace: Duration,
+    /// Whether this process's stdout and stderr are the node's `supervisor.log` (a detached
+    /// supervisor), which it then rotates; false in the foreground (a terminal or the journal).
+    pub owns_supervisor_log: bool,
 }
 
-/// The command with `{data}`, `{name}` and `{port:N}` filled in. Every `{port:N}` must have a port.
-pub fn substitute(
-    args: &[String],
-    data: &Path,
-    name: &str,
-    ports: &BTreeMap<String, u16>,
-) -> Result<Vec<String>> {
-    let data = data.to_string_lossy();
-    args.iter()
-        .map(|arg| {
-            let mut out = arg.replace("{data}", &data).replace("{name}", name);
-            for index in port_placeholders(std::slice::from_ref(arg))? {
-                let port = ports.get(&index).ok_or_else(|| {
-                    NodeError::BadArgument(format!("no port chosen for {{port:{index}}}"))
-                })?;
-                out = out.replace(&format!("{{port:{index}}}"), &port.to_string());
-            }
-            Ok(out)
-        })
-        .collect()
+/// What woke the supervisor up.
+enum Event {
+    Shutdown,
+    MountDied(String),
+    CommandExited(ExitStatus),
 }
 
-/// The mount settings of a node (its image, host cache, stores, and the key its image must be signed
-/// by, when it has one).
-pub fn mount_config(record: &NodeRecord) -> Result<daemon::MountConfig> {
-    let mut config = daemon::MountConfig::new(
-        record.image.clone(),
-        // Replaced by LayeredMount with the mountpoint inside the layer directory.
-        record.image.clone(),
-        mount::CacheConfig {
-            dir: record.cache_dir.clone(),
-            max_bytes: record.cache_max_bytes,
-            durable: true,
-        },
-    );
-    config.store_overrides = record.stores.clone();
-    if let Some(trust) = &record.trust {
-        config.trusted_key = Some(image::read_verifying_key(trust)?);
-    }
-    Ok(config)
-}
-
-/// Appends one line from thinnode (not from the node command) to the node's log.
-fn log_line(state: &StateDir, name: &str, line: &str) {
-    let path = state.log_path(name);
-    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&path) {
-        let _ = writeln!(f, "[thinnode {}] {line}", now_secs());
-    }
-}
-
-/// Starts the node command: own process group, stdout and stderr appended to the node log, killed by
-/// the kernel if the supervisor dies.
-fn spawn_command(state: &StateDir, record: &NodeRecord) -> Result<Child> {
-    let data = state.data_dir(&record.name);
-    let args = substitute(&record.command, &data, &record.name, &record.ports)?;
-    let (program, rest) = args
-        .split_first()
-        .ok_or_else(|| NodeError::BadArgument("no command given".into()))?;
-    let log_path = state.log_path(&record.name);
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(io_err("open", &log_path))?;
-    let log_err = log.try_clone().map_err(io_err("open", &log_path))?;
-    log_line(
-        state,
-        &record.name,
-        &format!("starting: {}", args.join(" ")),
-    );
-    let mut cmd = Command::new(program);
-    cmd.args(rest)
-        .current_dir(state.node_dir(&record.name))
-        .env("THINNODE_NODE", &record.name)
-        .env("THINNODE_DATA", &data)
-        .env_remove(daemon::READY_FD_ENV)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err))
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(|e| NodeError::Supervisor {
-        name: record.name.clone(),
-        reason: format!("start {program:?}: {e}"),
-    })
-}
-
-fn describe(status: &ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => status.to_string(),
-    }
-}
-
-/// Stops the command: SIGTERM to its process group, SIGKILL after `grace`, then reaps it.
-fn stop_command(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
-    let Ok(pid) = i32::try_from(child.id()) else {
-        return None;
-    };
-    let group = nix::unistd::Pid::from_raw(pid);
-    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
-    let start = Instant::now();
-    while start.elapsed() < grace {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(POLL);
-    }
-    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-    child.wait().ok()
-}
-
-/// Sleeps `delay`, returning early (false) when a shutdown is requested.
-fn sleep_unless_shutdown(delay: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < delay {
-        if daemon::shutdown_requested() {
-            return false;
-        }
-        std::thread::sleep(POLL);
-    }
-    !daemon::shutdown_requested()
-}
-
-/// Runs the supervisor of node `name` (in the detached process started by `node start`): reports
-/// readiness to the waiting `node start` once the command is started, and returns when the node has
-/// stopped and its data directory is unmounted.
-pub fn run(state: &StateDir, name: &str, grace: Duration) -> Result<()> {
-    let result = supervise(state, name, grace);
+/// Runs the supervisor of node `name` (in the process `node start` started, or in the foreground under
+/// a service manager): returns the final record once the node has stopped and its data directory is
+/// unmounted. A node that failed is returned with state `Failed`.
+pub fn supervise(state: &StateDir, name: &str, opts: &SuperviseOptions) -> Result<NodeRecord> {
+    keep_ready_pipe_from_children();
+    let result = daemon::install_shutdown_handler()
+        .map_err(NodeError::from)
+        .and_then(|()| Supervisor::open(state, name, opts))
+        .and_then(|mut s| s.run());
     if let Err(e) = &result {
         // Harmless when readiness was already reported: the pipe is gone then.
         daemon::notify_ready(Err(e.to_string()));
+        service::notify_service_manager(false, &format!("failed: {e}"));
         if let Ok(mut record) = state.read(name) {
             record.state = NodeState::Failed;
             record.last_exit = Some(e.to_string());
             record.supervisor = None;
             record.child = None;
+            record.mount = None;
             let _ = state.write(&record);
         }
-        log_line(state, name, &format!("supervisor failed: {e}"));
+        if let Ok(mut log) = RotatingLog::open(&state.log_path(name), Default::default()) {
+            let _ = log.line(&format!("supervisor failed: {e}"));
+        }
     }
+    service::notify_stopping();
     result
 }
 
-/// Marks the readiness pipe inherited from `node start` close-on-exec, so the node command does not
-/// inherit it (`node start` waits until every copy of it is closed).
+/// Marks the readiness pipe inherited from `node start` close-on-exec, so neither the node command nor
+/// the mount daemon inherits it (`node start` waits until every copy of it is closed).
 fn keep_ready_pipe_from_children() {
     let Some(fd) = std::env::var(daemon::READY_FD_ENV)
         .ok()
@@ -222,162 +106,314 @@ fn keep_ready_pipe_from_children() {
     }
 }
 
-fn supervise(state: &StateDir, name: &str, grace: Duration) -> Result<()> {
-    keep_ready_pipe_from_children();
-    daemon::install_shutdown_handler()?;
-    let started = Instant::now();
-    let mut record = state.read(name)?;
-    record.supervisor = ProcessStamp::current();
-    record.state = NodeState::Starting;
-    record.started_at = Some(now_secs());
-    record.restarts = 0;
-    record.child = None;
-    state.write(&record)?;
-
-    let data = state.data_dir(name);
-    fs::create_dir_all(&data).map_err(io_err("create", &data))?;
-    let mounted = LayeredMount::mount(
-        mount_config(&record)?,
-        &state.layer_dir(name),
-        record.layer_kind,
-        &data,
-    )?;
-    let mut child = match spawn_command(state, &record) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = mounted.unmount();
-            return Err(e);
-        }
-    };
-    record.child = ProcessStamp::of(child.id());
-    record.state = NodeState::Running;
-    record.ready_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    state.write(&record)?;
-    daemon::notify_ready(Ok(()));
-    tracing::info!("node {name}: running (pid {})", child.id());
-
-    let mut backoff = FIRST_BACKOFF;
-    let mut run_started = Instant::now();
-    let final_state = loop {
+/// Sleeps `delay`, returning early (false) when a shutdown is requested.
+fn sleep_unless_shutdown(delay: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < delay {
         if daemon::shutdown_requested() {
-            let status = stop_command(&mut child, grace);
-            let how = status
-                .as_ref()
-                .map(describe)
-                .unwrap_or_else(|| "stopped".into());
-            log_line(state, name, &format!("stopped on request ({how})"));
-            record.last_exit = Some(format!("stopped on request ({how})"));
-            break NodeState::Stopped;
+            return false;
         }
-        if !mounted.is_running() {
-            let _ = stop_command(&mut child, grace);
-            let reason = "the data directory was unmounted from outside".to_string();
-            log_line(state, name, &reason);
-            record.last_exit = Some(reason);
-            break NodeState::Failed;
-        }
-        let status = match child.try_wait() {
-            Ok(Some(status)) => status,
-            Ok(None) => {
-                std::thread::sleep(POLL);
-                continue;
-            }
-            Err(e) => {
-                record.last_exit = Some(format!("waiting for the command: {e}"));
-                break NodeState::Failed;
-            }
-        };
-        let how = describe(&status);
-        log_line(state, name, &format!("command {how}"));
-        record.last_exit = Some(format!("command {how}"));
-        let restart = match record.restart {
-            RestartPolicy::No => false,
-            RestartPolicy::OnFailure => !status.success(),
-            RestartPolicy::Always => true,
-        };
-        if !restart {
-            break if status.success() {
-                NodeState::Stopped
-            } else {
-                NodeState::Failed
-            };
-        }
-        if run_started.elapsed() >= HEALTHY_RUN {
-            backoff = FIRST_BACKOFF;
-        }
-        record.child = None;
-        state.write(&record)?;
-        log_line(
-            state,
-            name,
-            &format!("restarting in {} s", backoff.as_secs()),
-        );
-        if !sleep_unless_shutdown(backoff) {
-            record.last_exit = Some(format!("command {how}; stopped on request"));
-            break NodeState::Stopped;
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-        match spawn_command(state, &record) {
-            Ok(c) => child = c,
-            Err(e) => {
-                record.last_exit = Some(e.to_string());
-                break NodeState::Failed;
-            }
-        }
-        run_started = Instant::now();
-        record.restarts += 1;
-        record.child = ProcessStamp::of(child.id());
-        state.write(&record)?;
-    };
-    let unmounted = mounted.unmount();
-    record.state = final_state;
-    record.supervisor = None;
-    record.child = None;
-    if let Err(e) = &unmounted {
-        log_line(state, name, &format!("unmount: {e}"));
+        std::thread::sleep(POLL);
     }
-    state.write(&record)?;
-    unmounted.map_err(NodeError::from)
+    !daemon::shutdown_requested()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
-    #[test]
-    fn placeholders_are_found_and_filled() {
-        let args: Vec<String> = [
-            "node",
-            "-datadir={data}",
-            "-port={port:1}",
-            "-rpcport={port:2}",
-            "--name={name}",
-            "-x={port:1}",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(port_placeholders(&args).expect("scan"), vec!["1", "2"]);
-        let ports = BTreeMap::from([("1".to_string(), 4001), ("2".to_string(), 4002)]);
-        let out = substitute(&args, Path::new("/d"), "n1", &ports).expect("fill");
-        assert_eq!(
-            out,
-            vec![
-                "node",
-                "-datadir=/d",
-                "-port=4001",
-                "-rpcport=4002",
-                "--name=n1",
-                "-x=4001"
-            ]
-        );
-        let missing = BTreeMap::from([("1".to_string(), 4001)]);
-        assert!(substitute(&args, Path::new("/d"), "n1", &missing).is_err());
-        assert!(port_placeholders(&["{port:x}".to_string()]).is_err());
-        assert!(port_placeholders(&["{port:1".to_string()]).is_err());
-        assert_eq!(
-            port_placeholders(&["{json}".to_string()]).expect("scan"),
-            Vec::<String>::new()
-        );
+struct Supervisor<'a> {
+    state: &'a StateDir,
+    opts: &'a SuperviseOptions,
+    record: NodeRecord,
+    node_log: SharedLog,
+    own_log: Option<RotatingLog>,
+    own_log_checked: Instant,
+    backoff: Duration,
+}
+
+impl<'a> Supervisor<'a> {
+    fn open(state: &'a StateDir, name: &str, opts: &'a SuperviseOptions) -> Result<Self> {
+        let record = state.read(name)?;
+        let node_log = Arc::new(Mutex::new(RotatingLog::open(
+            &state.log_path(name),
+            record.logs,
+        )?));
+        let own_log = if opts.owns_supervisor_log {
+            Some(RotatingLog::open(
+                &state.supervisor_log_path(name),
+                record.logs,
+            )?)
+        } else {
+            None
+        };
+        let s = Supervisor {
+            state,
+            opts,
+            record,
+            node_log,
+            own_log,
+            own_log_checked: Instant::now(),
+            backoff: FIRST_BACKOFF,
+        };
+        // A supervisor.log found over its limit was rotated at open: write to the new file.
+        s.redirect_own_output();
+        Ok(s)
     }
+
+    fn log(&self, line: &str) {
+        tracing::info!("node {}: {line}", self.record.name);
+        if let Err(e) = self.node_log.lock().line(line) {
+            tracing::warn!("node log: {e}");
+        }
+    }
+
+    fn save(&self) -> Result<()> {
+        self.state.write(&self.record)
+    }
+
+    /// Rotates `supervisor.log` when it is full and points stdout and stderr (this process's and, via
+    /// the pipes, the mount daemon's output) at the new file.
+    fn rotate_own_log(&mut self) {
+        if self.own_log_checked.elapsed() < OWN_LOG_CHECK {
+            return;
+        }
+        self.own_log_checked = Instant::now();
+        let rotated = match self.own_log.as_mut().map(|l| l.rotate_if_full()) {
+            Some(Ok(rotated)) => rotated,
+            Some(Err(e)) => {
+                tracing::warn!("supervisor log: {e}");
+                false
+            }
+            None => false,
+        };
+        if rotated {
+            self.redirect_own_output();
+        }
+    }
+
+    fn redirect_own_output(&self) {
+        let Some(log) = &self.own_log else {
+            return;
+        };
+        let fd = log.file().as_raw_fd();
+        // SAFETY: dup2 onto stdout and stderr replaces them with the log file; both stay valid.
+        unsafe {
+            libc::dup2(fd, libc::STDOUT_FILENO);
+            libc::dup2(fd, libc::STDERR_FILENO);
+        }
+    }
+
+    /// Starts the mount daemon and the command, records both.
+    fn start_both(&mut self) -> Result<(MountDaemon, Child)> {
+        let mut mount = MountDaemon::start(self.state, &self.record, &self.opts.exe)?;
+        let child = match command::spawn(self.state, &self.record, &self.node_log) {
+            Ok(c) => c,
+            Err(e) => {
+                mount.stop();
+                return Err(e);
+            }
+        };
+        self.record.mount = mount.stamp();
+        self.record.child = ProcessStamp::of(child.id());
+        Ok((mount, child))
+    }
+
+    fn run(&mut self) -> Result<NodeRecord> {
+        let started = Instant::now();
+        self.record.supervisor = ProcessStamp::current();
+        self.record.state = NodeState::Starting;
+        self.record.started_at = Some(now_secs());
+        self.record.restarts = 0;
+        self.record.child = None;
+        self.record.mount = None;
+        self.save()?;
+        let (mut mount, mut child) = self.start_both()?;
+        self.record.state = NodeState::Running;
+        self.record.ready_ms = Some(millis(started.elapsed()));
+        self.save()?;
+        daemon::notify_ready(Ok(()));
+        service::notify_service_manager(true, "running");
+        self.log(&format!(
+            "running (pid {}, mount daemon pid {})",
+            child.id(),
+            self.record.mount.as_ref().map(|m| m.pid).unwrap_or(0)
+        ));
+
+        let mut run_started = Instant::now();
+        let final_state = loop {
+            let event = match self.wait_event(&mut mount, &mut child) {
+                Ok(e) => e,
+                Err(reason) => {
+                    self.record.last_exit = Some(reason);
+                    break NodeState::Failed;
+                }
+            };
+            let restart = match event {
+                Event::Shutdown => {
+                    let how = command::stop(&mut child, self.opts.grace)
+                        .as_ref()
+                        .map(command::describe)
+                        .unwrap_or_else(|| "stopped".into());
+                    let line = format!("stopped on request ({how})");
+                    self.log(&line);
+                    self.record.last_exit = Some(line);
+                    break NodeState::Stopped;
+                }
+                Event::MountDied(how) => {
+                    // The command now sees a dead data directory: stop it before anything else.
+                    command::stop(&mut child, self.opts.grace);
+                    self.log(&how);
+                    if let Err(e) = mountd::clear_mounts(self.state, &self.record.name) {
+                        self.log(&format!("clearing the dead mounts: {e}"));
+                    }
+                    self.record.last_exit = Some(how);
+                    if self.record.restart == RestartPolicy::No {
+                        break NodeState::Failed;
+                    }
+                    Restart::Both
+                }
+                Event::CommandExited(status) => {
+                    let how = format!("command {}", command::describe(&status));
+                    self.log(&how);
+                    self.record.last_exit = Some(how);
+                    let again = match self.record.restart {
+                        RestartPolicy::No => false,
+                        RestartPolicy::OnFailure => !status.success(),
+                        RestartPolicy::Always => true,
+                    };
+                    if !again {
+                        break if status.success() {
+                            NodeState::Stopped
+                        } else {
+                            NodeState::Failed
+                        };
+                    }
+                    Restart::Command
+                }
+            };
+            if run_started.elapsed() >= HEALTHY_RUN {
+                self.backoff = FIRST_BACKOFF;
+            }
+            match self.restart(restart, &mut mount, &mut child) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let how = self.record.last_exit.take().unwrap_or_default();
+                    self.record.last_exit = Some(format!("{how}; stopped on request"));
+                    break NodeState::Stopped;
+                }
+                Err(e) => {
+                    self.record.last_exit = Some(e.to_string());
+                    break NodeState::Failed;
+                }
+            }
+            run_started = Instant::now();
+        };
+        if let Ok(None) = child.try_wait() {
+            command::stop(&mut child, self.opts.grace);
+        }
+        let already_dead = mount.exited().is_some();
+        let unmounted = match mount.stop() {
+            _ if already_dead => Ok(()),
+            Some(status) if status.success() => Ok(()),
+            Some(status) => Err(format!("the mount daemon {}", command::describe(&status))),
+            None => Err("the mount daemon could not be waited for".to_string()),
+        };
+        if let Err(e) = unmounted {
+            self.log(&format!("unmount: {e}"));
+        }
+        if let Err(e) = mountd::clear_mounts(self.state, &self.record.name) {
+            self.log(&format!("unmount: {e}"));
+        }
+        self.record.state = final_state;
+        self.record.supervisor = None;
+        self.record.child = None;
+        self.record.mount = None;
+        self.save()?;
+        Ok(self.record.clone())
+    }
+
+    /// Waits for the next thing to act on. An error is a failure to watch the command.
+    fn wait_event(
+        &mut self,
+        mount: &mut MountDaemon,
+        child: &mut Child,
+    ) -> std::result::Result<Event, String> {
+        loop {
+            if daemon::shutdown_requested() {
+                return Ok(Event::Shutdown);
+            }
+            self.rotate_own_log();
+            if let Some(status) = mount.exited() {
+                return Ok(Event::MountDied(format!(
+                    "the mount daemon {}",
+                    command::describe(&status)
+                )));
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(Event::CommandExited(status)),
+                Ok(None) => std::thread::sleep(POLL),
+                Err(e) => return Err(format!("waiting for the command: {e}")),
+            }
+        }
+    }
+
+    /// Waits out the backoff, then starts the command again (and the mount daemon first, for
+    /// [`Restart::Both`], retrying it with growing backoff while it fails). Returns false when a
+    /// shutdown was requested meanwhile.
+    fn restart(
+        &mut self,
+        what: Restart,
+        mount: &mut MountDaemon,
+        child: &mut Child,
+    ) -> Result<bool> {
+        self.record.child = None;
+        if what == Restart::Both {
+            self.record.mount = None;
+        }
+        self.save()?;
+        loop {
+            self.log(&format!("restarting in {} s", self.backoff.as_secs()));
+            service::notify_service_manager(false, "restarting");
+            if !sleep_unless_shutdown(self.backoff) {
+                return Ok(false);
+            }
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            match what {
+                Restart::Command => {
+                    // A command that cannot be started (gone from PATH, …) fails the node.
+                    let c = command::spawn(self.state, &self.record, &self.node_log)?;
+                    self.record.child = ProcessStamp::of(c.id());
+                    *child = c;
+                }
+                Restart::Both => match self.start_both() {
+                    Ok((m, c)) => {
+                        *mount = m;
+                        *child = c;
+                    }
+                    // The store or the cache may be back in a moment: keep trying.
+                    Err(e) => {
+                        self.log(&format!("start after the mount died: {e}"));
+                        continue;
+                    }
+                },
+            }
+            self.record.restarts += 1;
+            self.save()?;
+            self.log(&format!(
+                "restarted (pid {}, mount daemon pid {})",
+                child.id(),
+                self.record.mount.as_ref().map(|m| m.pid).unwrap_or(0)
+            ));
+            service::notify_service_manager(false, "running");
+            return Ok(true);
+        }
+    }
+}
+
+/// What a restart starts again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    Command,
+    Both,
 }

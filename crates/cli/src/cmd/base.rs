@@ -98,7 +98,7 @@ fn create(args: CreateArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let opts = node::base::BaseOptions {
+    let opts = node::BaseOptions {
         data_dir: args.data_dir.clone(),
         store_url: args.store.clone(),
         out: args.out.clone(),
@@ -112,7 +112,7 @@ fn create(args: CreateArgs) -> anyhow::Result<()> {
         strip_secrets: args.strip_secrets,
     };
     let progress = progress_bar();
-    let summary = node::base::create(&opts, Some(&progress))
+    let summary = node::create_base(&opts, Some(&progress))
         .with_context(|| format!("base create {}", args.data_dir.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

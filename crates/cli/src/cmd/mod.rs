@@ -1,6 +1,7 @@
 //! One module per command; each exposes `Args` (clap) and `run`.
 
 pub mod base;
+pub mod completions;
 pub mod hydrate;
 pub mod inspect;
 pub mod key;

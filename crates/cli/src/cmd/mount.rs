@@ -86,6 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 
     if args.daemon {
@@ -185,6 +186,7 @@ fn mount_and_serve(args: Args) -> anyhow::Result<()> {
             started.elapsed().as_millis()
         );
         daemon::notify_ready(Ok(()));
+        node::notify_service_manager(true, "mounted");
         mounted.serve()?;
         return Ok(());
     }
@@ -206,6 +208,7 @@ fn mount_and_serve(args: Args) -> anyhow::Result<()> {
         started.elapsed().as_millis()
     );
     daemon::notify_ready(Ok(()));
+    node::notify_service_manager(true, "mounted");
     mounted.serve()?;
     Ok(())
 }
