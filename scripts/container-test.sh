@@ -48,18 +48,20 @@ if ! podman image exists "$debian_image"; then
   rootfs="$cache/rootfs-bookworm"
   if [ ! -e "$rootfs/.complete" ]; then
     rm -rf "$rootfs"
-    debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$cache/debootstrap.log"
+    mkdir -p "$cache/debs"
+    debootstrap --variant=minbase --cache-dir="$cache/debs" bookworm "$rootfs" "$mirror" >"$cache/debootstrap.log"
     # The image's own apt sources: the same mirror.
     echo "deb $mirror bookworm main" > "$rootfs/etc/apt/sources.list"
     touch "$rootfs/.complete"
   fi
-  tar -C "$rootfs" --exclude=./.complete -c . | podman import - "$debian_image" >/dev/null
+  tar -C "$rootfs" --exclude=./.complete -c . | podman import - "$debian_image" >/dev/null 2>&1
   phase "imported $debian_image from debootstrap"
 fi
 
 # 2. The Rust build image: that Debian plus gcc and this machine's toolchain, where the official image
-#    has them (CARGO_HOME=/usr/local/cargo, cargo and rustc on PATH).
-rustc_version=$(rustc --version)
+#    has them (CARGO_HOME=/usr/local/cargo, cargo and rustc on PATH), and this machine's CA bundle (the
+#    registry may be reached through a TLS-inspecting proxy whose CA only the host trusts).
+rustc_version="$(rustc --version); ca $(sha256sum /etc/ssl/certs/ca-certificates.crt | cut -c1-12)"
 if [ "$(podman image inspect --format '{{ index .Labels "rustc" }}' "$rust_image" 2>/dev/null)" != "$rustc_version" ]; then
   sysroot=$(rustc --print sysroot)
   ctx="$cache/rust-context"
@@ -68,10 +70,12 @@ if [ "$(podman image inspect --format '{{ index .Labels "rustc" }}' "$rust_image
   # Hard links when the cache shares the toolchain's filesystem (no copy), else a copy.
   cp -al "$sysroot/lib" "$ctx/toolchain/lib" 2>/dev/null || cp -a "$sysroot/lib" "$ctx/toolchain/lib"
   cp -a "$sysroot/bin/cargo" "$sysroot/bin/rustc" "$ctx/toolchain/bin/"
+  cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
   cat > "$ctx/Containerfile" <<EOF
 FROM $debian_image
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev ca-certificates pkg-config make \
  && rm -rf /var/lib/apt/lists/*
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY toolchain /usr/local/rust
 RUN mkdir -p /usr/local/cargo/bin && ln -s /usr/local/rust/bin/cargo /usr/local/rust/bin/rustc /usr/local/cargo/bin/
 ENV CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin

@@ -526,7 +526,7 @@ fn enabled_node_survives_kill_9_of_its_supervisor_and_a_reboot_under_its_unit() 
     // The written units are valid systemd units (through the instance, with its drop-in).
     let instance = units.join("thinnode-node@val1.service");
     std::os::unix::fs::symlink(units.join("thinnode-node@.service"), &instance).expect("link");
-    verify_units(&[instance.clone()]);
+    verify_units(std::slice::from_ref(&instance));
     fs::remove_file(&instance).expect("rm");
 
     // Run what the unit runs, as systemd would.
