@@ -69,6 +69,13 @@ pub struct ServerArgs {
     /// Rebuild every namespace's index from its data files at start-up.
     #[arg(long)]
     pub rebuild_index: bool,
+    /// Worker threads, each running its own event loop; connections are spread over them in turn
+    /// (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9901).
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl ServerArgs {
@@ -93,6 +100,8 @@ impl ServerArgs {
             dump: false,
             verbose: false,
             rebuild_index: false,
+            threads: None,
+            metrics: None,
         }
     }
 }
@@ -120,6 +129,8 @@ pub fn normalize_single_dash<I: IntoIterator<Item = String>>(args: I) -> Vec<Str
         "verbose",
         "help",
         "rebuild-index",
+        "threads",
+        "metrics",
     ];
     args.into_iter()
         .map(|a| match a.strip_prefix('-') {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 
 use crate::cmd::{self, Outcome, Session};
 use crate::db::Database;
@@ -28,41 +28,45 @@ pub enum Stop {
     },
 }
 
+/// The arguments of one request, borrowed from the read buffer (no allocation for up to 8 arguments).
+pub type Argv<'a> = SmallVec<[&'a [u8]; 8]>;
+
+fn arguments<'a>(buf: &'a [u8], base: usize, ranges: &[Range<usize>]) -> Argv<'a> {
+    ranges
+        .iter()
+        .map(|r| &buf[base + r.start..base + r.end])
+        .collect()
+}
+
 /// Answers the complete requests at the start of `buf`, in order, appending replies to `out`. Consecutive
 /// plain `SET key value` requests are written as one batch. Returns how many bytes were consumed and why it
-/// stopped. A malformed request gets a `-Protocol error…` reply and [`Stop::Close`].
+/// stopped. A malformed request gets a `-Protocol error…` reply and [`Stop::Close`]. `ranges` is scratch
+/// space kept by the caller between calls.
 pub fn process(
     db: &Database,
     session: &mut Session,
     buf: &[u8],
     out: &mut BytesMut,
+    ranges: &mut Vec<Range<usize>>,
 ) -> (usize, Stop) {
-    let mut ranges: Vec<Range<usize>> = Vec::with_capacity(8);
     let mut consumed = 0;
     loop {
-        let n = match parse_request(&buf[consumed..], &mut ranges) {
+        let n = match parse_request(&buf[consumed..], ranges) {
             Ok(Some(n)) => n,
             Ok(None) => return (consumed, Stop::NeedMore),
             Err(e) => {
+                db.metrics.protocol_error();
                 protocol::error(out, &e.reply());
                 return (consumed, Stop::Close);
             }
         };
-        let base = consumed;
-        let argv: Vec<&[u8]> = ranges
-            .iter()
-            .map(|r| &buf[base + r.start..base + r.end])
-            .collect();
+        let argv = arguments(buf, consumed, ranges);
         consumed += n;
         if cmd::set::batchable(&argv) && !session.ns.is_removed() {
             // Pipelined SETs: gather the run and write it as one batch.
             let mut run = vec![argv];
-            while let Ok(Some(n2)) = parse_request(&buf[consumed..], &mut ranges) {
-                let base = consumed;
-                let next: Vec<&[u8]> = ranges
-                    .iter()
-                    .map(|r| &buf[base + r.start..base + r.end])
-                    .collect();
+            while let Ok(Some(n2)) = parse_request(&buf[consumed..], ranges) {
+                let next = arguments(buf, consumed, ranges);
                 if !cmd::set::batchable(&next) {
                     break;
                 }
@@ -82,23 +86,26 @@ pub fn process(
     }
 }
 
-/// Serves one client until it disconnects, sends an invalid request, or the server shuts down.
-pub async fn serve<S>(db: Arc<Database>, mut stream: S, mut shutdown: watch::Receiver<bool>)
+/// Serves one client until it disconnects or sends an invalid request. At shutdown the worker's event loop
+/// is dropped, and the task with it.
+pub async fn serve<S>(db: &Arc<Database>, mut stream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(mut session) = Session::new(&db) else {
+    let Some(mut session) = Session::new(db) else {
         return;
     };
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut ranges = Vec::with_capacity(8);
     loop {
-        let (consumed, stop) = process(&db, &mut session, &inbuf, &mut out);
+        let (consumed, stop) = process(db, &mut session, &inbuf, &mut out, &mut ranges);
         inbuf.advance(consumed);
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
                 return;
             }
+            db.metrics.bytes_out(out.len());
             out.clear();
         }
         match stop {
@@ -107,10 +114,11 @@ where
                 return;
             }
             Stop::Wait { command, timeout } => {
-                cmd::wait::block(&db, &session, command, timeout, &mut out).await;
+                cmd::wait::block(db, &session, command, timeout, &mut out).await;
                 if stream.write_all(&out).await.is_err() {
                     return;
                 }
+                db.metrics.bytes_out(out.len());
                 out.clear();
                 // Requests pipelined after WAIT are still in the buffer.
                 continue;
@@ -121,12 +129,9 @@ where
             // Grow geometrically so a large value arriving in pieces is not copied over and over.
             inbuf.reserve(inbuf.len().max(64 * 1024));
         }
-        tokio::select! {
-            r = stream.read_buf(&mut inbuf) => match r {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            },
-            _ = shutdown.changed() => return,
+        match stream.read_buf(&mut inbuf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => db.metrics.bytes_in(n),
         }
     }
 }

@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 
 use crate::error::ZdbError;
+use crate::metrics::Metrics;
 use crate::namespace::{Namespace, StoreConfig, DEFAULT_NAMESPACE};
 
 /// A command executed in a namespace, delivered to clients blocked in WAIT.
@@ -18,21 +19,6 @@ pub struct Event {
     pub namespace: Arc<str>,
     /// Upper-case command name.
     pub command: &'static str,
-}
-
-/// Server-wide counters reported by INFO.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections accepted since start.
-    pub clients_lifetime: AtomicU64,
-    /// Connections open now.
-    pub clients_connected: AtomicU64,
-    /// Commands dispatched to a handler.
-    pub commands_valid: AtomicU64,
-    /// Unknown commands.
-    pub commands_failed: AtomicU64,
-    /// Failed admin checks.
-    pub admin_failed: AtomicU64,
 }
 
 /// Every namespace of a server plus server-wide settings.
@@ -46,8 +32,8 @@ pub struct Database {
     pub protect: bool,
     events: tokio::sync::broadcast::Sender<Event>,
     waiters: AtomicUsize,
-    /// Counters.
-    pub stats: Stats,
+    /// Counters (INFO, `--metrics`).
+    pub metrics: Metrics,
     /// When the server started.
     pub started: Instant,
     /// Unix time the server started.
@@ -65,12 +51,14 @@ fn is_valid_name(name: &str) -> bool {
 }
 
 impl Database {
-    /// Opens every namespace found under the index and data roots, creating `default` if needed.
+    /// Opens every namespace found under the index and data roots, creating `default` if needed; the
+    /// counters are sharded for `workers` worker threads.
     pub fn open(
         cfg: Arc<StoreConfig>,
         admin_password: Option<String>,
         protect: bool,
         default_maxsize: u64,
+        workers: usize,
     ) -> Result<Arc<Self>, ZdbError> {
         for d in [&cfg.index_root, &cfg.data_root] {
             if let Err(e) = fs::create_dir_all(d) {
@@ -117,7 +105,7 @@ impl Database {
             protect,
             events,
             waiters: AtomicUsize::new(0),
-            stats: Stats::default(),
+            metrics: Metrics::new(workers),
             started: Instant::now(),
             boot_time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

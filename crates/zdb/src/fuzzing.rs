@@ -33,10 +33,17 @@ impl Harness {
             return;
         };
         let mut out = BytesMut::new();
+        let mut ranges = Vec::new();
         let mut pos = 0;
         for end in [data.len() / 2, data.len()] {
             loop {
-                let (n, stop) = process(&self.db, &mut session, &data[pos..end], &mut out);
+                let (n, stop) = process(
+                    &self.db,
+                    &mut session,
+                    &data[pos..end],
+                    &mut out,
+                    &mut ranges,
+                );
                 pos += n;
                 match stop {
                     Stop::Close => return,

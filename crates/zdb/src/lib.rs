@@ -7,7 +7,8 @@
 //!
 //! The shape follows tokio-rs/mini-redis:
 //!
-//! * `server`: listeners, the accept loop, start-up and shutdown.
+//! * `server`: start-up and shutdown; `listener`: the accept loop; `workers`: the worker threads, each
+//!   with its own event loop.
 //! * `connection`: one client: reads requests, answers them in order, one write per batch.
 //! * [`protocol`]: the RESP request decoder and the reply encoders (mini-redis' `frame`).
 //! * `cmd`: one module per command, and the dispatcher.
@@ -15,7 +16,7 @@
 //! * `namespace`: one namespace's files and in-memory key table: open and crash recovery, the write path,
 //!   the read path, index walks.
 //! * [`format`]: 0-db's on-disk structures, bytes to structs and back, no I/O.
-//! * `metrics`: the Prometheus metrics of `--metrics`.
+//! * `metrics`: the counters of INFO and `--metrics`; `metrics_http`: the endpoint serving them.
 #![deny(missing_docs)]
 
 mod args;
@@ -25,9 +26,13 @@ mod db;
 mod error;
 pub mod format;
 mod hook;
+mod listener;
+mod metrics;
+mod metrics_http;
 mod namespace;
 pub mod protocol;
 mod server;
+mod workers;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

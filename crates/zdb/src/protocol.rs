@@ -156,14 +156,14 @@ pub fn nil(out: &mut BytesMut) {
 /// Appends `:<n>\r\n`.
 pub fn integer(out: &mut BytesMut, n: i64) {
     out.put_u8(b':');
-    out.put_slice(n.to_string().as_bytes());
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
     out.put_slice(b"\r\n");
 }
 
 /// Appends the header `$<len>\r\n` of a bulk string whose bytes follow.
 pub fn bulk_header(out: &mut BytesMut, len: usize) {
     out.put_u8(b'$');
-    out.put_slice(len.to_string().as_bytes());
+    out.put_slice(itoa::Buffer::new().format(len).as_bytes());
     out.put_slice(b"\r\n");
 }
 
@@ -178,7 +178,7 @@ pub fn bulk(out: &mut BytesMut, data: &[u8]) {
 /// Appends an array header `*<n>\r\n`.
 pub fn array(out: &mut BytesMut, n: usize) {
     out.put_u8(b'*');
-    out.put_slice(n.to_string().as_bytes());
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
     out.put_slice(b"\r\n");
 }
 

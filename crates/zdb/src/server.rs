@@ -1,11 +1,11 @@
-//! Listeners, the accept loop, start-up and shutdown: [`run`] (blocking) and [`start_background`].
+//! Start-up and shutdown: [`run`] (blocking) and [`start_background`]. A control thread binds the
+//! listeners, accepts connections and answers signals and metrics scrapes; worker threads serve the
+//! connections.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -13,11 +13,14 @@ use crate::args::{ModeArg, ServerArgs};
 use crate::db::Database;
 use crate::error::ZdbError;
 use crate::hook::Hook;
+use crate::listener::Listener;
 use crate::namespace::{Mode, StoreConfig};
+use crate::workers::Workers;
 
-/// A server started by [`start_background`], running on its own runtime thread.
+/// A server started by [`start_background`], running on its own threads.
 pub struct RunningServer {
     tcp_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     unix_path: Option<PathBuf>,
     shutdown: Option<watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<Result<(), ZdbError>>>,
@@ -27,6 +30,11 @@ impl RunningServer {
     /// The TCP address it listens on (`None` when it listens on a unix socket).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+
+    /// The address of the metrics endpoint (`--metrics`), if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The unix socket it listens on, if any.
@@ -57,11 +65,6 @@ impl Drop for RunningServer {
     fn drop(&mut self) {
         self.shutdown_and_join();
     }
-}
-
-enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
 }
 
 fn server_id(args: &ServerArgs) -> String {
@@ -103,97 +106,100 @@ fn store_config(args: &ServerArgs) -> Result<Arc<StoreConfig>, ZdbError> {
 /// Opens the database described by `args`.
 pub fn open_database(args: &ServerArgs) -> Result<Arc<Database>, ZdbError> {
     let cfg = store_config(args)?;
-    Database::open(cfg, args.admin.clone(), args.protect, args.maxsize)
-}
-
-async fn bind(args: &ServerArgs) -> Result<Listener, ZdbError> {
-    if let Some(path) = &args.socket {
-        if path.exists() {
-            let _ = std::fs::remove_file(path);
-        }
-        let l = UnixListener::bind(path)
-            .map_err(|e| ZdbError::io(format!("listen on {}", path.display()), e))?;
-        return Ok(Listener::Unix(l, path.clone()));
-    }
-    let l = TcpListener::bind((args.listen.as_str(), args.port))
-        .await
-        .map_err(|e| ZdbError::io(format!("listen on {}:{}", args.listen, args.port), e))?;
-    Ok(Listener::Tcp(l))
+    Database::open(
+        cfg,
+        args.admin.clone(),
+        args.protect,
+        args.maxsize,
+        worker_count(args),
+    )
 }
 
 /// `args` with `--port 0` replaced by the port the listener got, so the server names itself (hooks) by
 /// the address clients really use.
 fn with_bound_port(mut args: ServerArgs, listener: &Listener) -> ServerArgs {
-    if let Listener::Tcp(l) = listener {
+    if let Some(addr) = listener.tcp_addr() {
         if args.port == 0 {
-            if let Ok(addr) = l.local_addr() {
-                args.port = addr.port();
-            }
+            args.port = addr.port();
         }
     }
     args
 }
 
-async fn accept_loop(db: Arc<Database>, listener: Listener, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            conn = accept(&listener) => {
-                let Some(conn) = conn else { continue };
-                db.stats.clients_lifetime.fetch_add(1, Relaxed);
-                db.stats.clients_connected.fetch_add(1, Relaxed);
-                let db2 = db.clone();
-                let rx = shutdown.clone();
-                tokio::spawn(async move {
-                    match conn {
-                        Conn::Tcp(s) => crate::connection::serve(db2.clone(), s, rx).await,
-                        Conn::Unix(s) => crate::connection::serve(db2.clone(), s, rx).await,
-                    }
-                    db2.stats.clients_connected.fetch_sub(1, Relaxed);
-                });
-            }
-        }
-    }
-    if let Listener::Unix(_, path) = &listener {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-enum Conn {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept(listener: &Listener) -> Option<Conn> {
-    match listener {
-        Listener::Tcp(l) => match l.accept().await {
-            Ok((s, _)) => {
-                let _ = s.set_nodelay(true);
-                Some(Conn::Tcp(s))
-            }
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                None
-            }
-        },
-        Listener::Unix(l, _) => match l.accept().await {
-            Ok((s, _)) => Some(Conn::Unix(s)),
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                None
-            }
-        },
-    }
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, ZdbError> {
-    tokio::runtime::Builder::new_multi_thread()
+/// The runtime of the thread that accepts connections and answers signals and metrics scrapes.
+fn control_runtime() -> Result<tokio::runtime::Runtime, ZdbError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("zdb-worker")
         .build()
         .map_err(|e| ZdbError::io("start the async runtime", e))
+}
+
+/// Worker threads `args` asks for: `--threads`, else one per CPU.
+pub fn worker_count(args: &ServerArgs) -> usize {
+    args.threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+/// A bound, opened server, ready to accept.
+struct Ready {
+    db: Arc<Database>,
+    listener: Listener,
+    metrics: Option<tokio::net::TcpListener>,
+    workers: Workers,
+}
+
+impl Ready {
+    /// Binds the listeners, opens the database and starts the workers (in the control runtime).
+    async fn prepare(args: ServerArgs) -> Result<Self, ZdbError> {
+        warn_no_admin(&args);
+        let listener = Listener::bind(&args).await?;
+        let args = with_bound_port(args, &listener);
+        let metrics = match args.metrics {
+            Some(addr) => Some(crate::metrics_http::bind(addr).await?),
+            None => None,
+        };
+        let db = open_database(&args)?;
+        let workers = Workers::start(worker_count(&args))?;
+        Ok(Ready {
+            db,
+            listener,
+            metrics,
+            workers,
+        })
+    }
+
+    /// Serves until `shutdown` fires, then stops the workers and flushes the files.
+    async fn serve(self, shutdown: watch::Receiver<bool>) {
+        let Ready {
+            db,
+            listener,
+            metrics,
+            mut workers,
+        } = self;
+        if let Some(l) = metrics {
+            tokio::spawn(crate::metrics_http::serve(l, db.clone(), shutdown.clone()));
+        }
+        listener
+            .accept_loop(db.clone(), &mut workers, shutdown)
+            .await;
+        workers.stop();
+        db.sync_all();
+    }
+
+    fn log_listening(&self) {
+        match &self.listener {
+            Listener::Tcp(_) => {
+                if let Some(a) = self.listener.tcp_addr() {
+                    tracing::info!("listening on {a}");
+                }
+            }
+            Listener::Unix(_, p) => tracing::info!("listening on unix socket {}", p.display()),
+        }
+        if let Some(Ok(a)) = self.metrics.as_ref().map(|l| l.local_addr()) {
+            tracing::info!("metrics on http://{a}/metrics");
+        }
+    }
 }
 
 fn warn_no_admin(args: &ServerArgs) {
@@ -204,52 +210,39 @@ fn warn_no_admin(args: &ServerArgs) {
     }
 }
 
-/// Starts the server on its own runtime thread and returns once it accepts connections.
+/// Starts the server on its own threads and returns once it accepts connections.
 pub fn start_background(args: ServerArgs) -> Result<RunningServer, ZdbError> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Option<SocketAddr>, ZdbError>>();
+    type ReadyMsg = Result<(Option<SocketAddr>, Option<SocketAddr>), ZdbError>;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<ReadyMsg>();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let unix_path = args.socket.clone();
     let thread = std::thread::Builder::new()
         .name("zdb-server".into())
         .spawn(move || -> Result<(), ZdbError> {
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(ZdbError::Thread(e.to_string())));
-                    return Err(e);
-                }
+            let fail = |e: ZdbError| {
+                let _ = ready_tx.send(Err(ZdbError::Thread(e.to_string())));
+                Err(e)
             };
-            rt.block_on(async move {
-                warn_no_admin(&args);
-                let listener = match bind(&args).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(ZdbError::Thread(e.to_string())));
-                        return Err(e);
-                    }
+            let rt = match control_runtime() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            rt.block_on(async {
+                let ready = match Ready::prepare(args).await {
+                    Ok(r) => r,
+                    Err(e) => return fail(e),
                 };
-                let args = with_bound_port(args, &listener);
-                let db = match open_database(&args) {
-                    Ok(db) => db,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(ZdbError::Thread(e.to_string())));
-                        return Err(e);
-                    }
-                };
-                let addr = match &listener {
-                    Listener::Tcp(l) => l.local_addr().ok(),
-                    Listener::Unix(..) => None,
-                };
-                let _ = ready_tx.send(Ok(addr));
-                accept_loop(db.clone(), listener, shutdown_rx).await;
-                db.sync_all();
+                let metrics_addr = ready.metrics.as_ref().and_then(|l| l.local_addr().ok());
+                let _ = ready_tx.send(Ok((ready.listener.tcp_addr(), metrics_addr)));
+                ready.serve(shutdown_rx).await;
                 Ok(())
             })
         })
         .map_err(|e| ZdbError::Thread(e.to_string()))?;
     match ready_rx.recv() {
-        Ok(Ok(tcp_addr)) => Ok(RunningServer {
+        Ok(Ok((tcp_addr, metrics_addr))) => Ok(RunningServer {
             tcp_addr,
+            metrics_addr,
             unix_path,
             shutdown: Some(shutdown_tx),
             thread: Some(thread),
@@ -341,7 +334,7 @@ pub fn run(args: ServerArgs) -> Result<(), ZdbError> {
     } else {
         None
     };
-    let rt = runtime()?;
+    let rt = control_runtime()?;
     rt.block_on(async move {
         // Signal handlers go in before the server says it is listening, so a
         // SIGTERM sent right after "listening on" always stops it cleanly.
@@ -349,18 +342,9 @@ pub fn run(args: ServerArgs) -> Result<(), ZdbError> {
             .map_err(|e| ZdbError::io("install SIGTERM handler", e))?;
         let mut int = signal(SignalKind::interrupt())
             .map_err(|e| ZdbError::io("install SIGINT handler", e))?;
-        warn_no_admin(&args);
-        let listener = bind(&args).await?;
-        let args = with_bound_port(args, &listener);
-        let db = open_database(&args)?;
-        match &listener {
-            Listener::Tcp(l) => {
-                if let Ok(a) = l.local_addr() {
-                    tracing::info!("listening on {a}");
-                }
-            }
-            Listener::Unix(_, p) => tracing::info!("listening on unix socket {}", p.display()),
-        }
+        let ready = Ready::prepare(args).await?;
+        ready.log_listening();
+        let db = ready.db.clone();
         if let Some(h) = &db.cfg.hook {
             h.fire("ready", &[]);
         }
@@ -372,7 +356,7 @@ pub fn run(args: ServerArgs) -> Result<(), ZdbError> {
             }
         }
         let (tx, rx) = watch::channel(false);
-        let server = tokio::spawn(accept_loop(db.clone(), listener, rx));
+        let server = tokio::spawn(ready.serve(rx));
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
@@ -380,7 +364,6 @@ pub fn run(args: ServerArgs) -> Result<(), ZdbError> {
         tracing::info!("signal: stopping, flushing files");
         let _ = tx.send(true);
         let _ = server.await;
-        db.sync_all();
         if let Some(h) = &db.cfg.hook {
             h.fire_and_wait("close");
         }

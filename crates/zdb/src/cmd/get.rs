@@ -15,13 +15,7 @@ pub fn reply_value(ctx: &mut Ctx<'_>, key: &[u8]) {
     let mark = ctx.out.len();
     ctx.out.reserve(len + 24);
     protocol::bulk_header(ctx.out, len);
-    let start = ctx.out.len();
-    ctx.out.resize(start + len, 0);
-    match ctx
-        .session
-        .ns
-        .read_payload(key.len(), &entry, &mut ctx.out[start..start + len])
-    {
+    match ctx.session.ns.append_payload(key.len(), &entry, ctx.out) {
         Ok(()) => ctx.out.put_slice(b"\r\n"),
         Err(e) => {
             tracing::error!(namespace = %ctx.session.ns.name, "cannot read payload: {e}");

@@ -1,7 +1,5 @@
 //! INFO: server information as a bulk string of `name: value` lines.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use super::{Ctx, Outcome};
 use crate::protocol;
 
@@ -29,24 +27,24 @@ pub fn run(ctx: &mut Ctx<'_>) -> Outcome {
     s.push_str("\n# clients\n");
     s.push_str(&format!(
         "clients_lifetime: {}\n",
-        db.stats.clients_lifetime.load(Relaxed)
+        db.metrics.connections_accepted()
     ));
     s.push_str(&format!(
         "clients_connected: {}\n",
-        db.stats.clients_connected.load(Relaxed)
+        db.metrics.connections_open()
     ));
     s.push_str("\n# stats\n");
     s.push_str(&format!(
         "commands_executed: {}\n",
-        db.stats.commands_valid.load(Relaxed)
+        db.metrics.commands_executed()
     ));
     s.push_str(&format!(
         "commands_unknown: {}\n",
-        db.stats.commands_failed.load(Relaxed)
+        db.metrics.commands_unknown()
     ));
     s.push_str(&format!(
         "commands_admin_failed: {}\n",
-        db.stats.admin_failed.load(Relaxed)
+        db.metrics.admin_denied_total()
     ));
     let all = db.all();
     let (mut entries, mut size) = (0u64, 0u64);

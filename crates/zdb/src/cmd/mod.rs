@@ -1,7 +1,7 @@
 //! Command handlers, one module per command (or command family), and the dispatcher.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -115,10 +115,7 @@ impl<'a> Ctx<'a> {
     /// Checks the client is admin; replies "Permission denied" otherwise.
     pub fn require_admin(&mut self) -> bool {
         if !self.session.admin {
-            self.db
-                .stats
-                .admin_failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.db.metrics.admin_denied();
             self.error("Permission denied");
             return false;
         }
@@ -179,18 +176,19 @@ type Handler = fn(&mut Ctx<'_>) -> Outcome;
 
 /// Every supported command, upper case, with its handler.
 pub const COMMANDS: &[(&str, Handler)] = &[
+    // The hot commands first: lookup is a linear scan.
+    ("GET", get::run),
+    ("SET", set::run),
+    ("SETX", set::run),
+    ("MGET", mget::run),
+    ("EXISTS", exists::run),
+    ("DEL", del::run),
     ("PING", ping::run),
     ("TIME", time::run),
     ("AUTH", auth::run),
     ("HOOKS", hooks::run),
     ("INDEX", index::run),
     ("DATA", data::run),
-    ("SET", set::run),
-    ("SETX", set::run),
-    ("GET", get::run),
-    ("MGET", mget::run),
-    ("DEL", del::run),
-    ("EXISTS", exists::run),
     ("CHECK", check::run),
     ("LENGTH", length::run),
     ("KEYTIME", keytime::run),
@@ -214,50 +212,59 @@ pub const COMMANDS: &[(&str, Handler)] = &[
     ("WAIT", wait::run),
 ];
 
-/// Finds a command by name, case-insensitively.
-pub fn lookup(name: &[u8]) -> Option<(&'static str, Handler)> {
+/// Index into [`COMMANDS`] of the command called `name` (case-insensitive).
+pub fn find(name: &[u8]) -> Option<usize> {
     COMMANDS
         .iter()
-        .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
-        .copied()
+        .position(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
 }
 
-/// Runs one request and writes its reply to `out`.
+/// Finds a command by name, case-insensitively.
+pub fn lookup(name: &[u8]) -> Option<(&'static str, Handler)> {
+    find(name).map(|i| COMMANDS[i])
+}
+
+/// Runs one request, writes its reply to `out` and counts it.
 pub fn execute(
     db: &Database,
     session: &mut Session,
     args: &[&[u8]],
     out: &mut BytesMut,
 ) -> Outcome {
-    use std::sync::atomic::Ordering::Relaxed;
+    let started = Instant::now();
+    let mark = out.len();
+    let (index, outcome) = dispatch(db, session, args, out);
+    let error = out.get(mark) == Some(&b'-');
+    db.metrics.request(index, error, started.elapsed());
+    outcome
+}
+
+/// Finds the handler of a request and runs it; returns the command's index into [`COMMANDS`].
+fn dispatch(
+    db: &Database,
+    session: &mut Session,
+    args: &[&[u8]],
+    out: &mut BytesMut,
+) -> (Option<usize>, Outcome) {
     if session.ns.is_removed() {
         protocol::error(
             out,
             "Your active namespace is not available anymore (probably removed).",
         );
-        return Outcome::Close;
+        return (None, Outcome::Close);
     }
-    let Some(name) = args.first() else {
-        return Outcome::Done;
-    };
-    let Some((command, handler)) = lookup(name) else {
-        db.stats.commands_failed.fetch_add(1, Relaxed);
+    let Some(index) = args.first().and_then(|name| find(name)) else {
         protocol::error(out, "Command not supported");
-        return Outcome::Done;
+        return (None, Outcome::Done);
     };
-    db.stats.commands_valid.fetch_add(1, Relaxed);
+    let (command, handler) = COMMANDS[index];
     let mut ctx = Ctx {
         db,
         session,
         args,
         out,
     };
-    let outcome = if db.cfg.sync && matches!(command, "SET" | "SETX" | "DEL") {
-        // An fsync per write blocks: let the runtime move other tasks off this worker.
-        tokio::task::block_in_place(|| handler(&mut ctx))
-    } else {
-        handler(&mut ctx)
-    };
+    let outcome = handler(&mut ctx);
     db.notify(&ctx.session.ns.name, command);
-    outcome
+    (Some(index), outcome)
 }

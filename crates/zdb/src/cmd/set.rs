@@ -60,13 +60,11 @@ pub fn batchable(args: &[&[u8]]) -> bool {
 pub fn run_batch(
     db: &crate::db::Database,
     session: &mut super::Session,
-    requests: &[Vec<&[u8]>],
+    requests: &[crate::connection::Argv<'_>],
     out: &mut bytes::BytesMut,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
-    db.stats
-        .commands_valid
-        .fetch_add(requests.len() as u64, Relaxed);
+    let started = std::time::Instant::now();
+    let mut errors = 0u64;
     let ns = session.ns.clone();
     // Per request: Err(message) refused before writing, Ok(i) index into the batch.
     let mut plan: Vec<Result<usize, &'static str>> = Vec::with_capacity(requests.len());
@@ -99,14 +97,13 @@ pub fn run_batch(
         }
     }
     let timestamp = now_timestamp();
-    let mut results = if db.cfg.sync {
-        tokio::task::block_in_place(|| ns.set_many(&items, timestamp))
-    } else {
-        ns.set_many(&items, timestamp)
-    };
+    let mut results = ns.set_many(&items, timestamp);
     for p in plan {
         match p {
-            Err(msg) => protocol::error(out, msg),
+            Err(msg) => {
+                errors += 1;
+                protocol::error(out, msg);
+            }
             Ok(i) => match results
                 .get_mut(i)
                 .map(|r| std::mem::replace(r, Ok(SetOutcome::Unchanged)))
@@ -114,6 +111,7 @@ pub fn run_batch(
                 Some(Ok(SetOutcome::Stored(key))) => protocol::bulk(out, &key),
                 Some(Ok(SetOutcome::Unchanged)) => protocol::nil(out),
                 Some(Err(e)) => {
+                    errors += 1;
                     if let crate::namespace::WriteError::Data(io)
                     | crate::namespace::WriteError::Index(io) = &e
                     {
@@ -121,9 +119,16 @@ pub fn run_batch(
                     }
                     protocol::error(out, &e.to_string());
                 }
-                None => protocol::error(out, "Internal Error"),
+                None => {
+                    errors += 1;
+                    protocol::error(out, "Internal Error");
+                }
             },
         }
         db.notify(&ns.name, "SET");
+    }
+    if let Some(index) = super::find(b"SET") {
+        db.metrics
+            .requests(index, requests.len() as u64, errors, started.elapsed());
     }
 }

@@ -83,7 +83,7 @@ impl LocatedRecord {
 /// Every key of a namespace with the location of its current version, plus the totals NSINFO reports.
 #[derive(Default)]
 pub(super) struct KeyTable {
-    pub(super) map: HashMap<Box<[u8]>, KeyEntry>,
+    pub(super) map: HashMap<Box<[u8]>, KeyEntry, foldhash::fast::RandomState>,
     /// Live (not deleted) keys.
     pub(super) live: u64,
     /// Payload bytes of live keys.

@@ -2,8 +2,11 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+
+use bytes::BytesMut;
 
 use super::{KeyEntry, Namespace};
 use crate::format::data_file::{DATA_ENTRY_HEADER_LEN, DATA_HEADER_LEN};
@@ -39,8 +42,16 @@ impl Namespace {
         self.files.read().index.get(id as usize).cloned()
     }
 
-    /// Reads the payload of `e` into `out` (which must be `e.length` bytes).
-    pub fn read_payload(&self, key_len: usize, e: &KeyEntry, out: &mut [u8]) -> io::Result<()> {
+    /// Appends the payload of `e` (a key of `key_len` bytes) to `out`, read straight from the data file
+    /// into the buffer's spare room (no zero-filling first). On error `out` may hold part of it.
+    pub fn append_payload(
+        &self,
+        key_len: usize,
+        e: &KeyEntry,
+        out: &mut BytesMut,
+    ) -> io::Result<()> {
+        let len = e.length as usize;
+        out.reserve(len);
         // Read under the (shared) files lock rather than cloning the handle: fewer atomic operations on the
         // hot path; only a file rotation waits for it.
         let files = self.files.read();
@@ -48,8 +59,37 @@ impl Namespace {
             .data
             .get(e.dataid as usize)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "data file missing"))?;
-        let at = e.offset as u64 + DATA_ENTRY_HEADER_LEN as u64 + key_len as u64;
-        f.read_exact_at(out, at)
+        let mut at = e.offset as u64 + DATA_ENTRY_HEADER_LEN as u64 + key_len as u64;
+        let mut left = len;
+        while left > 0 {
+            let spare = out.spare_capacity_mut();
+            let want = left.min(spare.len());
+            // SAFETY: pread writes at most `want` bytes, and `want` is within the spare capacity.
+            let n = unsafe {
+                libc::pread(
+                    f.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    want,
+                    at as libc::off_t,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let n = n as usize;
+            // SAFETY: pread initialized the first `n` bytes of the spare capacity.
+            unsafe { out.set_len(out.len() + n) };
+            left -= n;
+            at += n as u64;
+        }
+        Ok(())
     }
 
     /// Reads the payload of a data entry located by an index record.
@@ -78,8 +118,8 @@ impl Namespace {
         if h.idlength as usize != key.len() || h.datalength != e.length {
             return Ok(false);
         }
-        let mut payload = vec![0u8; e.length as usize];
-        if self.read_payload(key.len(), e, &mut payload).is_err() {
+        let mut payload = BytesMut::new();
+        if self.append_payload(key.len(), e, &mut payload).is_err() {
             return Ok(false);
         }
         Ok(zdb_crc32(&payload) == h.crc && h.crc == e.crc)
