@@ -102,10 +102,10 @@ struct Counts {
 }
 
 fn value(rng: &mut StdRng, client: usize, key: usize, version: u64) -> Vec<u8> {
-    let len = if rng.random_bool(0.05) {
+    let len = if rng.random_bool(0.02) {
         rng.random_range(64 * 1024..256 * 1024)
     } else {
-        rng.random_range(1..16 * 1024)
+        rng.random_range(1..8 * 1024)
     };
     let tag = format!("c{client}k{key}v{version}:");
     tag.bytes().cycle().take(len.max(tag.len())).collect()
