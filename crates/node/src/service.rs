@@ -165,8 +165,8 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
     fs::rename(&tmp, path).map_err(io_err("rename", &tmp))
 }
 
-/// Tells the service manager (when this process runs under one with `Type=notify`) what it is doing:
-/// `Some(status)` with `ready` sends `READY=1`, otherwise a status line; does nothing elsewhere.
+/// Tells the service manager (when this process runs under one with `Type=notify`) what it is doing: a
+/// `STATUS=` line, with `READY=1` when `ready`. Does nothing without `NOTIFY_SOCKET`.
 pub fn notify_service_manager(ready: bool, status: &str) {
     use sd_notify::NotifyState;
     let mut states = vec![NotifyState::Status(status)];

@@ -249,48 +249,9 @@ impl<'a> Supervisor<'a> {
                     break NodeState::Failed;
                 }
             };
-            let restart = match event {
-                Event::Shutdown => {
-                    let how = command::stop(&mut child, self.opts.grace)
-                        .as_ref()
-                        .map(command::describe)
-                        .unwrap_or_else(|| "stopped".into());
-                    let line = format!("stopped on request ({how})");
-                    self.log(&line);
-                    self.record.last_exit = Some(line);
-                    break NodeState::Stopped;
-                }
-                Event::MountDied(how) => {
-                    // The command now sees a dead data directory: stop it before anything else.
-                    command::stop(&mut child, self.opts.grace);
-                    self.log(&how);
-                    if let Err(e) = mountd::clear_mounts(self.state, &self.record.name) {
-                        self.log(&format!("clearing the dead mounts: {e}"));
-                    }
-                    self.record.last_exit = Some(how);
-                    if self.record.restart == RestartPolicy::No {
-                        break NodeState::Failed;
-                    }
-                    Restart::Both
-                }
-                Event::CommandExited(status) => {
-                    let how = format!("command {}", command::describe(&status));
-                    self.log(&how);
-                    self.record.last_exit = Some(how);
-                    let again = match self.record.restart {
-                        RestartPolicy::No => false,
-                        RestartPolicy::OnFailure => !status.success(),
-                        RestartPolicy::Always => true,
-                    };
-                    if !again {
-                        break if status.success() {
-                            NodeState::Stopped
-                        } else {
-                            NodeState::Failed
-                        };
-                    }
-                    Restart::Command
-                }
+            let restart = match self.decide(event, &mut child) {
+                Ok(restart) => restart,
+                Err(end) => break end,
             };
             if run_started.elapsed() >= HEALTHY_RUN {
                 self.backoff = FIRST_BACKOFF;
@@ -309,8 +270,66 @@ impl<'a> Supervisor<'a> {
             }
             run_started = Instant::now();
         };
+        self.finish(final_state, &mut mount, &mut child)
+    }
+
+    /// What to do about `event`: what to restart, or the state the node ends in (`Err`).
+    fn decide(
+        &mut self,
+        event: Event,
+        child: &mut Child,
+    ) -> std::result::Result<Restart, NodeState> {
+        match event {
+            Event::Shutdown => {
+                let how = command::stop(child, self.opts.grace)
+                    .as_ref()
+                    .map(command::describe)
+                    .unwrap_or_else(|| "stopped".into());
+                let line = format!("stopped on request ({how})");
+                self.log(&line);
+                self.record.last_exit = Some(line);
+                Err(NodeState::Stopped)
+            }
+            Event::MountDied(how) => {
+                // The command now sees a dead data directory: stop it before anything else.
+                command::stop(child, self.opts.grace);
+                self.log(&how);
+                if let Err(e) = mountd::clear_mounts(self.state, &self.record.name) {
+                    self.log(&format!("clearing the dead mounts: {e}"));
+                }
+                self.record.last_exit = Some(how);
+                if self.record.restart == RestartPolicy::No {
+                    return Err(NodeState::Failed);
+                }
+                Ok(Restart::Both)
+            }
+            Event::CommandExited(status) => {
+                let how = format!("command {}", command::describe(&status));
+                self.log(&how);
+                self.record.last_exit = Some(how);
+                let again = match self.record.restart {
+                    RestartPolicy::No => false,
+                    RestartPolicy::OnFailure => !status.success(),
+                    RestartPolicy::Always => true,
+                };
+                match (again, status.success()) {
+                    (true, _) => Ok(Restart::Command),
+                    (false, true) => Err(NodeState::Stopped),
+                    (false, false) => Err(NodeState::Failed),
+                }
+            }
+        }
+    }
+
+    /// Stops what still runs, unmounts, and records the final state.
+    fn finish(
+        &mut self,
+        final_state: NodeState,
+        mount: &mut MountDaemon,
+        child: &mut Child,
+    ) -> Result<NodeRecord> {
         if let Ok(None) = child.try_wait() {
-            command::stop(&mut child, self.opts.grace);
+            command::stop(child, self.opts.grace);
         }
         let already_dead = mount.exited().is_some();
         let unmounted = match mount.stop() {
