@@ -31,6 +31,8 @@ enum Command {
     Pack(cmd::pack::Args),
     /// Restore an image into a directory.
     Unpack(cmd::unpack::Args),
+    /// Convert an image to a ThreeFold flist (.fl) or an flist to an image.
+    Convert(cmd::convert::Args),
     /// Check an image's signature and, with --deep, every chunk.
     Verify(cmd::verify::Args),
     /// Describe an image: labels, sizes, counts, dedup ratio.
@@ -64,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::Key(a) => cmd::key::run(a),
         Command::Pack(a) => cmd::pack::run(a),
         Command::Unpack(a) => cmd::unpack::run(a),
+        Command::Convert(a) => cmd::convert::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Mount(a) => cmd::mount::run(a),

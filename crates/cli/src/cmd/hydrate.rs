@@ -13,7 +13,8 @@ use mount::{CacheConfig, FetchConfig, Fetcher, HostCache, Metrics};
 /// Arguments of `thinnode hydrate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A thinnode mountpoint (its image, cache and stores are used) or an image file.
+    /// A thinnode mountpoint (its image, cache and stores are used), an image file or flist, or an
+    /// http(s):// URL of one.
     target: PathBuf,
     /// Bandwidth cap on fetched bytes (e.g. 200MB/s); unlimited when absent.
     #[arg(long, value_parser = parse_rate)]
@@ -75,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             },
         ),
         None => (
-            args.target.clone(),
+            super::remote::local_image(&args.target, &args.cache)?,
             args.cache.clone(),
             args.cache_size,
             args.stores.clone(),

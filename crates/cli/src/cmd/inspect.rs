@@ -7,7 +7,7 @@ use anyhow::Context;
 /// Arguments of `thinnode inspect`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The image (manifest) file.
+    /// The image (manifest) file or flist, or an http(s):// URL of one.
     image: PathBuf,
     /// Print as JSON.
     #[arg(long)]
@@ -16,8 +16,7 @@ pub struct Args {
 
 /// Runs `thinnode inspect`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let m = image::ImageManifest::open(&args.image)
-        .with_context(|| format!("opening image {}", args.image.display()))?;
+    let m = super::unpack::open_image(&args.image, None)?;
     let s = image::image_stats(&m).with_context(|| format!("reading {}", args.image.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -25,11 +24,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!("image:        {}", args.image.display());
-    println!(
-        "format:       v{}, chunk size {} KiB",
-        s.format_version,
-        s.chunk_size / 1024
-    );
+    match s.source {
+        image::ManifestSource::Image => println!(
+            "format:       thinnode image v{}, chunk size {} KiB",
+            s.format_version,
+            s.chunk_size / 1024
+        ),
+        image::ManifestSource::Flist => println!(
+            "format:       rfs flist (.fl), {} KiB blocks (served as a thinnode manifest v{})",
+            s.chunk_size / 1024,
+            s.format_version
+        ),
+    }
     println!(
         "signed:       {}",
         s.signer
@@ -59,6 +65,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mib(s.unique_bytes),
         mib(s.stored_bytes)
     );
+    if s.stored_len_unknown > 0 {
+        println!(
+            "              (stored size of {} chunks unknown: an flist does not record it)",
+            s.stored_len_unknown
+        );
+    }
     println!("dedup ratio:  {:.2}", s.dedup_ratio);
     println!("compression:  {:.2}", s.compression_ratio);
     println!("manifest:     {:.1} KiB", s.manifest_bytes as f64 / 1024.0);

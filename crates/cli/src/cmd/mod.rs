@@ -2,6 +2,8 @@
 
 pub mod base;
 pub mod completions;
+pub mod convert;
+pub mod fl;
 pub mod hydrate;
 pub mod inspect;
 pub mod key;
@@ -9,6 +11,7 @@ pub mod layer;
 pub mod mount;
 pub mod node;
 pub mod pack;
+pub mod remote;
 pub mod serve_store;
 pub mod store;
 pub mod umount;

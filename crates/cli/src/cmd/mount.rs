@@ -13,7 +13,9 @@ use mount::{CacheConfig, FetchConfig};
 /// Arguments of `thinnode mount`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The image (manifest) file.
+    /// The image (manifest) file or flist (.fl, recognised by content), or an http(s):// URL of one
+    /// (downloaded into CACHE/images/, kept by content hash; the last copy is used when the server is
+    /// unreachable).
     image: PathBuf,
     /// An empty directory to mount it on.
     mountpoint: PathBuf,
@@ -141,8 +143,9 @@ fn mount_and_serve(args: Args) -> anyhow::Result<()> {
     if !args.timeout.is_finite() || args.timeout <= 0.0 {
         anyhow::bail!("--timeout must be a positive number of seconds");
     }
+    let image = super::remote::local_image(&args.image, &args.cache)?;
     let mut config = MountConfig::new(
-        args.image.clone(),
+        image,
         args.mountpoint.clone(),
         CacheConfig {
             dir: args.cache.clone(),

@@ -308,9 +308,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn create(state: &StateDir, a: CreateArgs) -> anyhow::Result<()> {
     let name = a.name;
+    let image = super::remote::local_image(&a.image, &a.cache)?;
     let opts = node::CreateOptions {
         name: name.clone(),
-        image: a.image,
+        image,
         layer_kind: a.layer_kind.into(),
         identity_file: (a.identity != "generate").then(|| PathBuf::from(&a.identity)),
         cache_dir: a.cache,

@@ -10,14 +10,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[derive(clap::Args)]
 pub struct Args {
     /// The directory to pack (a node's data directory).
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Where chunks go: dir://PATH, zdb://[user:pass@]host[:port][/namespace], s3://BUCKET[/PREFIX]?endpoint=…,
     /// route: …, disperse:K+M … (see docs/stores.md).
     #[arg(long, env = "THINNODE_STORE")]
-    store: String,
-    /// The image (manifest) file to write.
+    pub(crate) store: String,
+    /// The image (manifest) file to write (with --format fl: the .fl file).
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Chunk size: 64K to 4M (suffixes K, M; default 1M).
     #[arg(long, default_value = "1M", value_parser = parse_size)]
     chunk_size: u32,
@@ -57,7 +57,9 @@ pub struct Args {
     upload_threads: usize,
     /// Print the summary as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) flist: super::fl::FlistArgs,
 }
 
 /// Parses a byte size with an optional K/M suffix (powers of 1024).
@@ -152,6 +154,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let progress = Progress { bar };
+    if args.flist.format == super::fl::Format::Fl {
+        if args.sign.is_some() {
+            anyhow::bail!("an flist cannot be signed: --sign does not apply to --format fl");
+        }
+        let result = super::fl::pack(&args, store.as_ref(), &opts, &progress);
+        progress.bar.finish_and_clear();
+        return result;
+    }
     let result = image::pack(&args.dir, store.as_ref(), &args.out, &opts, Some(&progress));
     progress.bar.finish_and_clear();
     let s = result.with_context(|| format!("packing {}", args.dir.display()))?;

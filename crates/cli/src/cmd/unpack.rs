@@ -7,7 +7,7 @@ use anyhow::Context;
 /// Arguments of `thinnode unpack`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The image (manifest) file.
+    /// The image (manifest) file or flist, or an http(s):// URL of one.
     image: PathBuf,
     /// The directory to restore into (created; must be empty if it exists).
     dir: PathBuf,
@@ -38,13 +38,21 @@ pub(crate) fn open_store(
     store::open(&url).with_context(|| format!("opening store {}", store::redact_url(&url)))
 }
 
-/// Opens an image and, when `trust` is given, checks its signature.
+/// Opens an image or flist (a URL is downloaded first, see [`super::remote`]) and, when `trust` is given,
+/// checks its signature.
 pub(crate) fn open_image(
     path: &std::path::Path,
     trust: Option<&std::path::Path>,
 ) -> anyhow::Result<image::ImageManifest> {
-    let m = image::ImageManifest::open(path)
+    let local = super::remote::local_image(path, &super::remote::default_cache())?;
+    let m = image::ImageManifest::open(&local)
         .with_context(|| format!("opening image {}", path.display()))?;
+    if trust.is_some() && m.source() == image::ManifestSource::Flist {
+        anyhow::bail!(
+            "{} is an flist, which carries no signature: --trust cannot be satisfied",
+            path.display()
+        );
+    }
     if let Some(t) = trust {
         let key =
             image::read_verifying_key(t).with_context(|| format!("reading {}", t.display()))?;

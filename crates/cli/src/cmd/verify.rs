@@ -9,7 +9,7 @@ use super::unpack::{open_image, open_store};
 /// Arguments of `thinnode verify`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The image (manifest) file.
+    /// The image (manifest) file or flist, or an http(s):// URL of one.
     image: PathBuf,
     /// Require a valid signature by this public key (a `.pub` file from `thinnode key gen`).
     #[arg(long)]
@@ -28,6 +28,12 @@ pub struct Args {
 /// Runs `thinnode verify`; exits non-zero when anything is wrong.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let m = open_image(&args.image, None)?;
+    if args.trust.is_some() && m.source() == image::ManifestSource::Flist {
+        anyhow::bail!(
+            "{} is an flist, which carries no signature: --trust cannot be satisfied",
+            args.image.display()
+        );
+    }
     let trusted = match &args.trust {
         Some(t) => {
             Some(image::read_verifying_key(t).with_context(|| format!("reading {}", t.display()))?)

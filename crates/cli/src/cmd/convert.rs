@@ -1,0 +1,151 @@
+//! `thinnode convert`: an image to a ThreeFold flist or an flist to an image, re-encoding every chunk
+//! for the target format (labels ↔ tags).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::fl::Format;
+
+/// Arguments of `thinnode convert`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The image or flist to convert (recognised by content), or an http(s):// URL of one.
+    input: PathBuf,
+    /// What to write: `fl` (a ThreeFold flist) or `image` (a thinnode image).
+    #[arg(long, value_enum)]
+    to: Format,
+    /// Where the converted chunks go (its rfs form becomes an flist's routes).
+    #[arg(long, env = "THINNODE_STORE")]
+    store: String,
+    /// The file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Read the input's chunks from this store instead of the one it records (e.g. an flist's route
+    /// with the password it lacks).
+    #[arg(long)]
+    from: Option<String>,
+    /// With --to image: chunk size, 64K to 4M.
+    #[arg(long, default_value = "1M", value_parser = parse_chunk_size)]
+    chunk_size: u32,
+    /// With --to image: zstd level.
+    #[arg(long, default_value_t = image::DEFAULT_ZSTD_LEVEL)]
+    level: i32,
+    /// With --to image: sign the image with this secret key.
+    #[arg(long)]
+    sign: Option<PathBuf>,
+    /// With --to fl: keep the store password in the flist's routes (stripped by default, as rfs does).
+    #[arg(long)]
+    keep_password: bool,
+    /// With --to fl: write the flist without the input's extended attributes (refused otherwise).
+    #[arg(long)]
+    drop_xattrs: bool,
+    /// Worker threads (default: twice the core count, at least 4).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_chunk_size(s: &str) -> Result<u32, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches("ib").trim_end_matches('b');
+    let (n, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1024u64),
+        Some('m') => (&t[..t.len() - 1], 1024 * 1024),
+        _ => (t, 1),
+    };
+    let v = n
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("not a size: {s:?}"))?
+        .saturating_mul(mult);
+    u32::try_from(v)
+        .ok()
+        .filter(|v| (image::MIN_CHUNK_SIZE..=image::MAX_CHUNK_SIZE).contains(v))
+        .ok_or_else(|| format!("chunk size must be between 64K and 4M, got {s}"))
+}
+
+/// Runs `thinnode convert`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let src = super::unpack::open_image(&args.input, None)?;
+    let src_store = super::unpack::open_store(args.from.as_deref(), &src)?;
+    let dst = store::open(&args.store).context("opening the target store")?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let summary = match args.to {
+        Format::Fl => {
+            if args.sign.is_some() {
+                anyhow::bail!("an flist cannot be signed: --sign does not apply to --to fl");
+            }
+            let opts = image::FlistOptions {
+                store_url: args.store.clone(),
+                keep_passwords: args.keep_password,
+                drop_xattrs: args.drop_xattrs,
+            };
+            let (s, w) = image::fl::convert_to_flist(
+                &src,
+                src_store.as_ref(),
+                dst.as_ref(),
+                &args.out,
+                &opts,
+                args.threads,
+            )
+            .with_context(|| format!("converting {} to an flist", args.input.display()))?;
+            if args.json {
+                let value = serde_json::json!({ "convert": s, "flist": w });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                return Ok(());
+            }
+            super::fl::report_flist(&args.out, &w);
+            s
+        }
+        Format::Image => {
+            let signer = match &args.sign {
+                Some(p) => Some(
+                    image::read_signing_key(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let opts = image::ConvertOptions {
+                chunk_size: args.chunk_size,
+                zstd_level: args.level,
+                threads: args.threads,
+                ..Default::default()
+            };
+            let s = image::convert_image(
+                &src,
+                src_store.as_ref(),
+                dst.as_ref(),
+                &args.out,
+                &opts,
+                signer.as_ref(),
+            )
+            .with_context(|| format!("converting {} to an image", args.input.display()))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(());
+            }
+            println!("image:     {}", args.out.display());
+            s
+        }
+    };
+    println!("store:     {}", dst.public_url());
+    println!(
+        "files:     {} ({:.1} MiB, {:.1} MiB in holes)",
+        summary.files,
+        mib(summary.logical_bytes),
+        mib(summary.hole_bytes)
+    );
+    println!(
+        "chunks:    {} total, {} unique, {} new; {:.1} MiB uploaded of {:.1} MiB stored",
+        summary.chunks_total,
+        summary.chunks_unique,
+        summary.chunks_new,
+        mib(summary.bytes_uploaded),
+        mib(summary.bytes_stored)
+    );
+    println!("elapsed:   {:.2} s", summary.elapsed_secs);
+    Ok(())
+}
