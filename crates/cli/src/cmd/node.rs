@@ -108,7 +108,8 @@ enum NodeCommand {
 struct CreateArgs {
     /// The node's name.
     name: String,
-    /// The base image.
+    /// The base image: an image or flist file, or an http(s):// URL of one (downloaded once into the
+    /// cache; the node keeps that copy).
     #[arg(long)]
     image: PathBuf,
     /// The write layer kind.
