@@ -220,11 +220,6 @@ impl DecodedChunk {
         buf.resize(start, 0);
         (buf, start)
     }
-
-    /// The plaintext as an owned vector (copies it).
-    pub fn into_vec(self) -> Vec<u8> {
-        self.to_vec()
-    }
 }
 
 /// Verifies and decodes one stored object: checks `ChunkId::of(stored) == r.id`, decrypts (AEAD tag),
@@ -375,7 +370,7 @@ mod tests {
             let decoded = decode_chunk(&enc.chunk_ref, &enc.stored).unwrap();
             assert_eq!(&*decoded, plain);
             assert_eq!(decoded.as_ptr().align_offset(DECODED_ALIGN), 0);
-            assert_eq!(decoded.into_vec(), plain);
+            assert_eq!(decoded.to_vec(), plain);
         }
     }
 

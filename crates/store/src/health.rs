@@ -2,7 +2,7 @@
 //! back-off window during which it is tried last (or skipped), and a moving average of call latency
 //! orders healthy members.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 /// The first back-off after a failure; doubled per consecutive failure up to [`MAX_BACKOFF`].
@@ -32,13 +32,9 @@ pub(crate) struct HealthRank {
 }
 
 impl Health {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Records a successful call that took `elapsed`.
     pub(crate) fn record_success(&self, elapsed: Duration) {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         s.consecutive_failures = 0;
         s.backoff_until = None;
         let micros = elapsed.as_secs_f64() * 1e6;
@@ -51,7 +47,7 @@ impl Health {
 
     /// Records a failed call: the member enters (a longer) back-off.
     pub(crate) fn record_failure(&self) {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         s.consecutive_failures = s.consecutive_failures.saturating_add(1);
         let shift = s.consecutive_failures.saturating_sub(1).min(16);
         let backoff = FIRST_BACKOFF.saturating_mul(1u32 << shift).min(MAX_BACKOFF);
@@ -60,14 +56,15 @@ impl Health {
 
     /// Whether the member failed recently and is still in its back-off window.
     pub(crate) fn in_backoff(&self) -> bool {
-        self.lock()
+        self.state
+            .lock()
             .backoff_until
             .is_some_and(|t| Instant::now() < t)
     }
 
     /// The member's current rank for ordering (healthy and fast first).
     pub(crate) fn rank(&self) -> HealthRank {
-        let s = self.lock();
+        let s = self.state.lock();
         HealthRank {
             in_backoff: s.backoff_until.is_some_and(|t| Instant::now() < t),
             consecutive_failures: s.consecutive_failures,

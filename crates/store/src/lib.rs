@@ -8,7 +8,7 @@
 //! several servers), plus the read-only `http(s)://` store ([`HttpStore`]) and `s3://` buckets ([`S3Store`]).
 //! The URL syntax is documented in docs/stores.md.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod dir;
 mod dispersed;

@@ -1,7 +1,7 @@
 //! A pooled, retrying, pipelining 0-db client.
 
+use parking_lot::Mutex;
 use std::cell::Cell;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::config::{ZdbConfig, MAX_MGET_KEYS, MAX_PAYLOAD};
@@ -108,15 +108,9 @@ impl ZdbClient {
         &self.config
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Number of idle pooled connections (for tests and diagnostics).
     pub fn idle_connections(&self) -> usize {
-        self.idle().len()
+        self.idle.lock().len()
     }
 
     /// Runs `op` on a pooled connection, retrying transient failures on fresh connections. `op` may run
@@ -128,7 +122,7 @@ impl ZdbClient {
         let mut attempt = 0u32;
         let mut replaced_stale = false;
         loop {
-            let pooled = self.idle().pop();
+            let pooled = self.idle.lock().pop();
             let reused = pooled.is_some();
             let result = match pooled {
                 Some(conn) => Ok(conn),
@@ -137,7 +131,7 @@ impl ZdbClient {
             .and_then(|mut conn| op(&mut conn).map(|value| (value, conn)));
             match result {
                 Ok((value, conn)) => {
-                    let mut idle = self.idle();
+                    let mut idle = self.idle.lock();
                     if idle.len() < self.config.pool_size {
                         idle.push(conn);
                     }
@@ -146,12 +140,12 @@ impl ZdbClient {
                 // A pooled connection the server closed meanwhile (restart, idle timeout): drop the pool
                 // and dial afresh at once, without using up a retry.
                 Err(StoreError::Connection { .. }) if reused && !replaced_stale => {
-                    self.idle().clear();
+                    self.idle.lock().clear();
                     replaced_stale = true;
                 }
                 Err(e) if e.is_transient() && attempt < self.config.retries => {
                     // The failed connection is gone; idle ones probably share its fate.
-                    self.idle().clear();
+                    self.idle.lock().clear();
                     let backoff = self
                         .config
                         .retry_backoff
@@ -162,7 +156,7 @@ impl ZdbClient {
                 }
                 Err(e) => {
                     if e.is_transient() {
-                        self.idle().clear();
+                        self.idle.lock().clear();
                     }
                     return Err(e);
                 }
@@ -219,14 +213,6 @@ impl ZdbClient {
         self.run(|conn| {
             let reply = conn.command(&[b"EXISTS".as_slice(), key])?;
             exists_value(conn.endpoint(), reply)
-        })
-    }
-
-    /// DEL: removes `key` (the server replies with an error if it does not exist).
-    pub fn del(&self, key: &[u8]) -> Result<(), StoreError> {
-        self.run(|conn| {
-            let reply = conn.command(&[b"DEL".as_slice(), key])?;
-            conn.expect_ok("DEL", reply)
         })
     }
 
