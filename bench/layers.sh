@@ -11,13 +11,13 @@
 # filesystem, `blocks-mount`, 4 KiB blocks) over a `thinnode mount` of it; each cold (fresh host cache,
 # chunks fetched from a dir store on local disk; page cache dropped).
 #
-#   bash bench/layers.sh [SIZE] [FRACTION]        (defaults: 1G, 0.001)
+#   bash bench/layers.sh [SIZE] [FRACTION]        (defaults: 1GiB, 0.001)
 #
 # Needs root and /dev/fuse.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SIZE=${1:-1G}
+SIZE=${1:-1GiB}
 FRACTION=${2:-0.001}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 

@@ -12,13 +12,13 @@
 #   MODE=incremental bash bench/pack.sh
 #
 # Env: MODE (all | throughput | incremental; default all), SIZE_MB (default 2048), RUNS (default 3),
-# PDB_SIZE (ParityDB value bytes, default 200M), WORK (scratch dir, default /var/tmp/thinnode-bench-pack),
+# PDB_SIZE (ParityDB value bytes, default 200MiB), WORK (scratch dir, default /var/tmp/thinnode-bench-pack),
 # CARGO_TARGET_DIR (where the release binaries are built, default target).
 set -euo pipefail
 
 MODE=${MODE:-all}
 SIZE_MB=${SIZE_MB:-2048}
-PDB_SIZE=${PDB_SIZE:-200M}
+PDB_SIZE=${PDB_SIZE:-200MiB}
 RUNS=${RUNS:-3}
 WORK=${WORK:-/var/tmp/thinnode-bench-pack}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -146,7 +146,7 @@ incremental() {
     rm -rf "$dir"; mkdir -p "$dir"
     echo "building a ParityDB with $PDB_SIZE of values ..." >&2
     "$HARNESS" build "$dir/db" --size "$PDB_SIZE" >/dev/null
-    local sizes="1M 256K 64K"
+    local sizes="1MiB 256KiB 64KiB"
     json_up() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["bytes_uploaded"], d["chunks_new"], d["chunks_unique"], d["logical_bytes"])' "$1"; }
     for cs in $sizes; do
         "$BIN" pack "$dir/db" --store "dir://$dir/store-$cs" --out "$dir/v1-$cs.img" --chunk-size "$cs" --json >"$dir/v1-$cs.json"

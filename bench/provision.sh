@@ -12,13 +12,13 @@
 # read at startup (a ParityDB built by paritydb-harness under regtest/cold-data, standing in for old block
 # files), so the data dir is as big as a real one. Then the disk used by 3 nodes against 3 full copies.
 #
-#   bash bench/provision.sh [SIZE] [RUNS]        (defaults: 2G, 3)
+#   bash bench/provision.sh [SIZE] [RUNS]        (defaults: 2GiB, 3)
 #
 # Needs root, /dev/fuse and litecoind (scripts/setup.sh installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SIZE=${1:-2G}
+SIZE=${1:-2GiB}
 RUNS=${2:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --quiet --release -p thinnode -p paritydb-harness

@@ -314,7 +314,7 @@ fn generated_tree_round_trips_byte_identical() {
         &img,
         &[
             "--chunk-size",
-            "64K",
+            "64KiB",
             "--chain",
             "test",
             "--label",
@@ -364,7 +364,7 @@ fn generated_tree_round_trips_byte_identical() {
         &same,
         &[
             "--chunk-size",
-            "64K",
+            "64KiB",
             "--chain",
             "test",
             "--label",
@@ -381,7 +381,7 @@ fn generated_tree_round_trips_byte_identical() {
         &src,
         &store,
         &tmp.path().join("again.img"),
-        &["--chunk-size", "64K"],
+        &["--chunk-size", "64KiB"],
     );
     assert_eq!(n(&again, "chunks_new"), 0);
     assert_eq!(n(&again, "bytes_uploaded"), 0);
@@ -410,7 +410,7 @@ fn one_percent_change_uploads_about_one_percent() {
         .collect();
     let base = tmp.path().join("v1.img");
     for store in &stores {
-        let first = pack_json(&src, store, &base, &["--chunk-size", "64K"]);
+        let first = pack_json(&src, store, &base, &["--chunk-size", "64KiB"]);
         assert!(n(&first, "bytes_uploaded") >= total);
     }
 
@@ -443,7 +443,7 @@ fn one_percent_change_uploads_about_one_percent() {
     // Each run touches at most 4 chunks of 64 KiB: at most 1 MiB (1.6%) plus AEAD tags is uploaded.
     let max_upload = 4 * 4 * 65536 + 65536 + 17 * 16;
     for (store, extra) in stores.iter().zip([vec![], vec!["--base", p(&base)]]) {
-        let mut args = vec!["--chunk-size", "64K"];
+        let mut args = vec!["--chunk-size", "64KiB"];
         args.extend_from_slice(&extra);
         let out = tmp.path().join(format!("v2-{}.img", extra.len()));
         let second = pack_json(&src, store, &out, &args);
@@ -504,7 +504,7 @@ fn corrupt_chunk_is_reported_by_file_and_offset() {
     let store_dir = tmp.path().join("store");
     let store = format!("dir://{}", store_dir.display());
     let img = tmp.path().join("c.img");
-    pack_json(&src, &store, &img, &["--chunk-size", "64K"]);
+    pack_json(&src, &store, &img, &["--chunk-size", "64KiB"]);
     ok(&["verify", p(&img), "--deep"]);
 
     // Find chunk 2 of chains/blocks.dat through the library and flip one byte of its stored object.
@@ -644,7 +644,7 @@ fn signed_images_verify_only_with_the_right_key() {
         "--chunk-size",
         "8M",
     ]);
-    assert!(err.contains("between 64K and 4M"), "{err}");
+    assert!(err.contains("between 64KiB and 4MiB"), "{err}");
 
     // Garbage is not an image.
     let junk = tmp.path().join("junk.img");
@@ -679,13 +679,13 @@ fn zdb_store_round_trip_and_dedup() {
     make_tree(&src, 2);
     let store = zdb.url("default");
     let img = tmp.path().join("z.img");
-    let s = pack_json(&src, &store, &img, &["--chunk-size", "64K"]);
+    let s = pack_json(&src, &store, &img, &["--chunk-size", "64KiB"]);
     assert_eq!(n(&s, "chunks_new"), n(&s, "chunks_unique"));
     let again = pack_json(
         &src,
         &store,
         &tmp.path().join("z2.img"),
-        &["--chunk-size", "64K"],
+        &["--chunk-size", "64KiB"],
     );
     assert_eq!(n(&again, "chunks_new"), 0);
     ok(&["verify", p(&img), "--deep"]);

@@ -102,7 +102,7 @@ fn pack_base(tmp: &Path) -> (PathBuf, String) {
         "--out",
         path_str(&image),
         "--chunk-size",
-        "64K",
+        "64KiB",
     ]);
     (image, store)
 }

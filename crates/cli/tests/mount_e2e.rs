@@ -73,7 +73,7 @@ fn pack(src: &Path, store: &str, out: &Path) {
         "--out",
         out.to_str().expect("utf8"),
         "--chunk-size",
-        "128K",
+        "128KiB",
     ]);
 }
 

@@ -34,7 +34,7 @@ fn copy_moves_chunks_to_a_new_store_and_rewrites_the_image() {
         "--out",
         p(&image),
         "--chunk-size",
-        "128K",
+        "128KiB",
         "--label",
         "chain=test",
     ]);

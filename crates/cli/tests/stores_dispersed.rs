@@ -99,7 +99,7 @@ fn dispersed_4_plus_2_pack_unpack_verify_with_servers_down_and_repair() {
         "--out",
         p(&image),
         "--chunk-size",
-        "128K",
+        "128KiB",
     ]);
     let inspect = ok(&["inspect", p(&image)]);
     assert!(
@@ -201,7 +201,7 @@ fn router_with_two_replicas_packs_and_unpacks_with_one_replica_down() {
         "--out",
         p(&image),
         "--chunk-size",
-        "128K",
+        "128KiB",
     ]);
     servers[0].child.kill();
     let out = tmp.path().join("out");
@@ -221,7 +221,7 @@ fn router_with_two_replicas_packs_and_unpacks_with_one_replica_down() {
         "--out",
         p(&tmp.path().join("image2.tni")),
         "--chunk-size",
-        "128K",
+        "128KiB",
     ]);
     assert!(
         err.contains(&format!("127.0.0.1:{}", servers[0].port)),

@@ -55,7 +55,7 @@ fn serve_store_feeds_an_http_store_with_caching_headers() {
         "--out",
         p(&image),
         "--chunk-size",
-        "128K",
+        "128KiB",
     ]);
 
     let port = testkit::free_port();

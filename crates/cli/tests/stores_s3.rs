@@ -103,7 +103,7 @@ fn pack_verify_mount_and_copy_through_s3() {
         "--out",
         p(&image),
         "--chunk-size",
-        "256K",
+        "256KiB",
     ]);
     let inspect = ok(&["inspect", p(&image)]);
     assert!(
@@ -214,7 +214,7 @@ fn pack_verify_mount_and_copy_through_s3() {
         "--out",
         p(&zdb_image),
         "--chunk-size",
-        "128K",
+        "128KiB",
     ]);
     let copied_image = tmp.path().join("copied.tni");
     let copied: serde_json::Value = {

@@ -17,13 +17,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a new database holding at least SIZE bytes of values (e.g. 1G, 200M).
+    /// Create a new database holding at least SIZE bytes of values (e.g. 1GiB, 200MB).
     Build {
         /// Database directory (created).
         dir: PathBuf,
-        /// Amount of value bytes to write, with an optional K/M/G suffix.
-        #[arg(long, default_value = "100M")]
-        size: String,
+        /// Amount of value bytes to write: a number with an optional suffix (k, M, G: powers of 10;
+        /// KiB, MiB, GiB: powers of 2).
+        #[arg(long, default_value = "100MiB", value_parser = units::parse_size)]
+        size: u64,
         /// Seed all content derives from.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -46,34 +47,12 @@ enum Command {
     },
 }
 
-fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => anyhow::bail!("size {s:?}: unknown suffix {c:?} (use K, M, G or T)"),
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    let n: f64 = num
-        .parse()
-        .with_context(|| format!("size {s:?} is not a number"))?;
-    Ok((n * mult as f64) as u64)
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let start = Instant::now();
     match cli.command {
         Command::Build { dir, size, seed } => {
-            let bytes = parse_size(&size)?;
-            let s = harness::build(&dir, bytes, seed)
+            let s = harness::build(&dir, size, seed)
                 .with_context(|| format!("building {}", dir.display()))?;
             println!("{}", serde_json::to_string(&s)?);
         }
@@ -100,19 +79,4 @@ fn main() -> anyhow::Result<()> {
     }
     eprintln!("done in {:.2}s", start.elapsed().as_secs_f64());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_parse_with_suffixes() {
-        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_size("200m").unwrap(), 200 << 20);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("1.5K").unwrap(), 1536);
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("abc").is_err());
-    }
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mount::hydrate::{hydrate, HydrateOptions, HydrateProgress};
-use mount::units::{parse_rate, parse_size};
 use mount::{CacheConfig, FetchConfig, Fetcher, HostCache, Metrics};
+use units::{parse_rate, parse_size};
 
 /// Arguments of `thinnode hydrate`.
 #[derive(clap::Args)]
@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, env = "THINNODE_CACHE", default_value = mount::DEFAULT_CACHE_DIR)]
     cache: PathBuf,
     /// Size limit of the host cache (for an image file).
-    #[arg(long, default_value = "50G", value_parser = parse_size)]
+    #[arg(long, default_value = "50GiB", value_parser = parse_size)]
     cache_size: u64,
     /// Read chunks from this store instead of the image's (repeatable).
     #[arg(long = "store")]

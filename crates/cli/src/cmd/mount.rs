@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mount::daemon::{self, MountConfig, MountedImage};
-use mount::units::parse_size;
 use mount::{CacheConfig, FetchConfig};
+use units::parse_size;
 
 /// Arguments of `thinnode mount`.
 #[derive(clap::Args)]
@@ -22,8 +22,8 @@ pub struct Args {
     /// The host chunk cache, shared by every mount on the host.
     #[arg(long, env = "THINNODE_CACHE", default_value = mount::DEFAULT_CACHE_DIR)]
     cache: PathBuf,
-    /// Size limit of the host cache (e.g. 50G, 512MiB); least recently used chunks are evicted.
-    #[arg(long, default_value = "50G", value_parser = parse_size)]
+    /// Size limit of the host cache (e.g. 50GiB, 512MiB, 100G); least recently used chunks are evicted.
+    #[arg(long, default_value = "50GiB", value_parser = parse_size)]
     cache_size: u64,
     /// Require the image to be signed by this public key (file written by `thinnode key gen`).
     #[arg(long)]

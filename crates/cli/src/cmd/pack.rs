@@ -18,8 +18,8 @@ pub struct Args {
     /// The image (manifest) file to write (with --format fl: the .fl file).
     #[arg(long)]
     pub(crate) out: PathBuf,
-    /// Chunk size: 64K to 4M (suffixes K, M; default 1M).
-    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    /// Chunk size: a power of two from 64KiB to 4MiB.
+    #[arg(long, default_value = "1MiB", value_parser = parse_chunk_size)]
     chunk_size: u32,
     /// zstd compression level for chunks.
     #[arg(long, default_value_t = image::DEFAULT_ZSTD_LEVEL)]
@@ -62,30 +62,29 @@ pub struct Args {
     pub(crate) flist: super::fl::FlistArgs,
 }
 
-/// Parses a byte size with an optional K/M suffix (powers of 1024).
-fn parse_size(s: &str) -> Result<u32, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let trimmed = lower.trim_end_matches("ib").trim_end_matches('b');
-    let (num, mult) = if let Some(n) = trimmed.strip_suffix('k') {
-        (n, 1024u64)
-    } else if let Some(n) = trimmed.strip_suffix('m') {
-        (n, 1024 * 1024)
-    } else {
-        (trimmed, 1)
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a size: {s:?}"))?;
-    let v = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("size too large: {s:?}"))?;
-    let v = u32::try_from(v).map_err(|_| format!("size too large: {s:?}"))?;
-    if !(image::MIN_CHUNK_SIZE..=image::MAX_CHUNK_SIZE).contains(&v) {
-        return Err(format!("chunk size must be between 64K and 4M, got {s}"));
+/// Parses a chunk size: a power of two from 64KiB to 4MiB. "64K" and "1M" are SI sizes (see crate
+/// `units`) and so refused, with the binary size as a hint, instead of giving chunks that never line up
+/// with those of images packed with 64KiB or 1MiB chunks.
+pub(crate) fn parse_chunk_size(s: &str) -> Result<u32, String> {
+    let v = units::parse_size(s).map_err(|e| e.to_string())?;
+    let in_range = u64::from(image::MIN_CHUNK_SIZE)..=u64::from(image::MAX_CHUNK_SIZE);
+    if in_range.contains(&v) && v.is_power_of_two() {
+        return Ok(v as u32);
     }
-    Ok(v)
+    let mut message =
+        format!("chunk size {s:?} is {v} bytes: it must be a power of two between 64KiB and 4MiB");
+    // "64K" → "64KiB", "1MB" → "1MiB".
+    let t = s.trim();
+    let stem = t.strip_suffix(['b', 'B']).unwrap_or(t);
+    if stem.ends_with(['k', 'K', 'm', 'M']) {
+        let binary = format!("{}iB", stem.to_ascii_uppercase());
+        if parse_chunk_size(&binary).is_ok() {
+            message.push_str(&format!(
+                " (k and M are powers of 10: did you mean {binary}?)"
+            ));
+        }
+    }
+    Err(message)
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -210,13 +209,17 @@ mod tests {
 
     #[test]
     fn sizes_and_labels_parse() {
-        assert_eq!(parse_size("1M"), Ok(1024 * 1024));
-        assert_eq!(parse_size("64K"), Ok(64 * 1024));
-        assert_eq!(parse_size("4MiB"), Ok(4 * 1024 * 1024));
-        assert_eq!(parse_size("131072"), Ok(131072));
-        assert!(parse_size("8M").is_err());
-        assert!(parse_size("1K").is_err());
-        assert!(parse_size("abc").is_err());
+        assert_eq!(parse_chunk_size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(parse_chunk_size("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_chunk_size("4MiB"), Ok(4 * 1024 * 1024));
+        assert_eq!(parse_chunk_size("131072"), Ok(131072));
+        let si = parse_chunk_size("1M").unwrap_err();
+        assert!(si.contains("did you mean 1MiB?"), "{si}");
+        assert!(parse_chunk_size("64K").unwrap_err().contains("64KiB"));
+        assert!(parse_chunk_size("100000").is_err());
+        assert!(parse_chunk_size("8MiB").is_err());
+        assert!(parse_chunk_size("1KiB").is_err());
+        assert!(parse_chunk_size("abc").is_err());
         assert_eq!(
             parse_label("chain=polkadot"),
             Ok(("chain".into(), "polkadot".into()))
