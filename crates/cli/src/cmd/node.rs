@@ -121,8 +121,8 @@ struct CreateArgs {
     /// The host chunk cache, shared by every node on the host.
     #[arg(long, env = "THINNODE_CACHE", default_value = mount::DEFAULT_CACHE_DIR)]
     cache: PathBuf,
-    /// Size limit of the host cache (e.g. 50G).
-    #[arg(long, default_value = "50G", value_parser = mount::units::parse_size)]
+    /// Size limit of the host cache (e.g. 50GiB, 100G).
+    #[arg(long, default_value = "50GiB", value_parser = units::parse_size)]
     cache_size: u64,
     /// Read chunks from this store instead of the ones recorded in the image (repeatable).
     #[arg(long = "store")]
@@ -147,7 +147,7 @@ struct StartArgs {
     stop_grace: Option<u64>,
     /// Size at which node.log and supervisor.log are rotated (e.g. 10MB). Default: the last
     /// start's, else 10MB.
-    #[arg(long, value_parser = mount::units::parse_size)]
+    #[arg(long, value_parser = units::parse_size)]
     log_size: Option<u64>,
     /// Rotated log files kept (node.log.1 …). Default: the last start's, else 5.
     #[arg(long)]
