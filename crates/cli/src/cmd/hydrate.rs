@@ -47,13 +47,7 @@ pub struct Args {
 
 /// Runs `thinnode hydrate`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init("warn");
 
     let record = if args.target.is_dir() {
         let mnt = mount::daemon::absolute_mountpoint(&args.target)?;

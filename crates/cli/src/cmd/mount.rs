@@ -82,14 +82,7 @@ fn parse_layer_kind(s: &str) -> Result<layer::LayerKind, String> {
 
 /// Runs `thinnode mount`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    logging::init("info");
 
     if args.daemon {
         return run_detached(&args);

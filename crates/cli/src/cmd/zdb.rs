@@ -4,7 +4,7 @@ pub use zdb::ServerArgs as Args;
 
 /// Runs the server until SIGTERM/SIGINT.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    zdb::init_logging(args.verbose);
+    logging::init(if args.verbose { "debug" } else { "info" });
     zdb::run(args)?;
     Ok(())
 }
