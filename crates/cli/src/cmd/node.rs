@@ -255,14 +255,7 @@ fn init_logging(command: &NodeCommand) {
         NodeCommand::Start(a) if a.foreground => "info,fuser=error",
         _ => "warn,fuser=error",
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    logging::init(default_filter);
 }
 
 fn thinnode_exe() -> anyhow::Result<PathBuf> {
