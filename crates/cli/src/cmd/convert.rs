@@ -25,8 +25,8 @@ pub struct Args {
     /// with the password it lacks).
     #[arg(long)]
     from: Option<String>,
-    /// With --to image: chunk size, 64K to 4M.
-    #[arg(long, default_value = "1M", value_parser = parse_chunk_size)]
+    /// With --to image: chunk size, a power of two from 64KiB to 4MiB.
+    #[arg(long, default_value = "1MiB", value_parser = super::pack::parse_chunk_size)]
     chunk_size: u32,
     /// With --to image: zstd level.
     #[arg(long, default_value_t = image::DEFAULT_ZSTD_LEVEL)]
@@ -46,25 +46,6 @@ pub struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_chunk_size(s: &str) -> Result<u32, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.trim_end_matches("ib").trim_end_matches('b');
-    let (n, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1024u64),
-        Some('m') => (&t[..t.len() - 1], 1024 * 1024),
-        _ => (t, 1),
-    };
-    let v = n
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| format!("not a size: {s:?}"))?
-        .saturating_mul(mult);
-    u32::try_from(v)
-        .ok()
-        .filter(|v| (image::MIN_CHUNK_SIZE..=image::MAX_CHUNK_SIZE).contains(v))
-        .ok_or_else(|| format!("chunk size must be between 64K and 4M, got {s}"))
 }
 
 /// Runs `thinnode convert`.
