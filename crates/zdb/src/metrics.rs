@@ -299,38 +299,36 @@ fn gauge(
 
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut e = enc.encode_descriptor(
-            "commands",
-            "Requests handled, by command",
-            None,
-            MetricType::Counter,
-        )?;
-        for (name, t) in &self.commands {
-            let labels = [("command", *name)];
-            e.encode_family(&labels)?
-                .encode_counter(&t.requests, NoExemplar::None)?;
-        }
-        let mut e = enc.encode_descriptor(
-            "command_errors",
-            "Requests answered with an error reply, by command",
-            None,
-            MetricType::Counter,
-        )?;
-        for (name, t) in &self.commands {
-            let labels = [("command", *name)];
-            e.encode_family(&labels)?
-                .encode_counter(&t.errors, NoExemplar::None)?;
-        }
-        let mut e = enc.encode_descriptor(
-            "request_duration_seconds",
-            "Time from a decoded request to its reply being ready, by command",
-            None,
-            MetricType::Histogram,
-        )?;
-        for (name, t) in &self.commands {
-            let labels = [("command", *name)];
-            e.encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(t.seconds, t.requests, &t.buckets, None)?;
+        let per_command: [(&str, &str, MetricType); 3] = [
+            (
+                "commands",
+                "Requests handled, by command",
+                MetricType::Counter,
+            ),
+            (
+                "command_errors",
+                "Requests answered with an error reply, by command",
+                MetricType::Counter,
+            ),
+            (
+                "request_duration_seconds",
+                "Time from a decoded request to its reply being ready, by command",
+                MetricType::Histogram,
+            ),
+        ];
+        for (family, help, kind) in per_command {
+            let mut e = enc.encode_descriptor(family, help, None, kind)?;
+            for (name, t) in &self.commands {
+                let labels = [("command", *name)];
+                let mut m = e.encode_family(&labels)?;
+                match family {
+                    "commands" => m.encode_counter(&t.requests, NoExemplar::None)?,
+                    "command_errors" => m.encode_counter(&t.errors, NoExemplar::None)?,
+                    _ => {
+                        m.encode_histogram::<NoLabelSet>(t.seconds, t.requests, &t.buckets, None)?
+                    }
+                }
+            }
         }
         counter(
             &mut enc,

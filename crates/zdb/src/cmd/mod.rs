@@ -139,6 +139,26 @@ impl<'a> Ctx<'a> {
         Some(key)
     }
 
+    /// The namespace name in argument 1, or "Namespace too long" replied (0-db's limit is 128 bytes).
+    pub fn namespace_name(&mut self) -> Option<String> {
+        if self.args.get(1).is_some_and(|a| a.len() > 128) {
+            self.error("Namespace too long");
+            return None;
+        }
+        Some(self.text(1))
+    }
+
+    /// The existing namespace named by argument 1, or "Namespace too long" / "Namespace not found"
+    /// replied.
+    pub fn existing_namespace(&mut self) -> Option<Arc<Namespace>> {
+        let name = self.namespace_name()?;
+        let ns = self.db.get(&name);
+        if ns.is_none() {
+            self.error("Namespace not found");
+        }
+        ns
+    }
+
     /// Replies the frozen error when the namespace is frozen.
     pub fn refuse_if_frozen(&mut self) -> bool {
         if self.session.ns.is_frozen() {

@@ -9,11 +9,9 @@ pub fn run(ctx: &mut Ctx<'_>) -> Outcome {
     if !ctx.require_admin() || !ctx.args_exact(2, false) {
         return Outcome::Done;
     }
-    if ctx.args[1].len() > 128 {
-        ctx.error("Namespace too long");
+    let Some(name) = ctx.namespace_name() else {
         return Outcome::Done;
-    }
-    let name = ctx.text(1);
+    };
     if name == DEFAULT_NAMESPACE {
         ctx.error("Cannot remove default namespace");
         return Outcome::Done;

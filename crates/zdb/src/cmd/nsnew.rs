@@ -9,8 +9,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Outcome {
     if !ctx.require_admin() || !ctx.args_exact(2, false) {
         return Outcome::Done;
     }
-    if ctx.args[1].len() > 128 {
-        ctx.error("Namespace too long");
+    if ctx.namespace_name().is_none() {
         return Outcome::Done;
     }
     let name = match std::str::from_utf8(ctx.args[1]) {

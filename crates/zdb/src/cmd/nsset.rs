@@ -10,15 +10,13 @@ pub fn run(ctx: &mut Ctx<'_>) -> Outcome {
     if !ctx.require_admin() || !ctx.args_exact(4, false) {
         return Outcome::Done;
     }
-    if ctx.args[1].len() > 128 {
-        ctx.error("Namespace too long");
+    let Some(name) = ctx.namespace_name() else {
         return Outcome::Done;
-    }
+    };
     if ctx.args[3].len() > 63 {
         ctx.error("Invalid value");
         return Outcome::Done;
     }
-    let name = ctx.text(1);
     let property = ctx.text(2);
     let value = ctx.text(3);
     if name == DEFAULT_NAMESPACE {

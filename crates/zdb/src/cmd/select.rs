@@ -11,12 +11,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Outcome {
         ctx.error("Invalid argument");
         return Outcome::Done;
     }
-    if ctx.args[1].len() > 128 {
-        ctx.error("Namespace too long");
-        return Outcome::Done;
-    }
-    let Some(ns) = ctx.db.get(&ctx.text(1)) else {
-        ctx.error("Namespace not found");
+    let Some(ns) = ctx.existing_namespace() else {
         return Outcome::Done;
     };
     let st = ns.settings();
