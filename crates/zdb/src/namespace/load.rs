@@ -75,6 +75,7 @@ pub(super) fn load(
     let index = build_index(&o, &files.data, &last_data, max, data_end)?;
     let data_previous = last_entry_offset(&index.keys, max, data_end);
     files.index = index.index_files;
+    files.map_all_data(cfg.datasize);
     Ok(Loaded {
         settings: NsSettings {
             password: descriptor.password.clone(),

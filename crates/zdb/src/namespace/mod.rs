@@ -173,6 +173,8 @@ impl Namespace {
     /// Re-reads the namespace from disk (RELOAD).
     pub fn reload(&self) -> Result<(), ZdbError> {
         let mut w = self.writer.lock();
+        // Readers wait: loading may cut a torn tail off a data file the current maps cover.
+        let mut files = self.files.write();
         let loaded = load::load(
             &self.name,
             &self.index_dir,
@@ -182,7 +184,8 @@ impl Namespace {
         )?;
         *self.settings.write() = loaded.settings;
         self.read_only.store(loaded.read_only, Ordering::Relaxed);
-        *self.files.write() = loaded.files;
+        *files = loaded.files;
+        drop(files);
         *self.keys.write() = loaded.keys;
         *w = loaded.writer;
         Ok(())

@@ -470,6 +470,9 @@ impl Namespace {
             let mut f = self.files.write();
             f.data.push(Arc::new(d));
             f.index.push(Arc::new(i));
+            // The old file is closed: map exactly its length; the new one is the current file.
+            f.map_data(old as usize, false, self.cfg.datasize);
+            f.map_data(new as usize, true, self.cfg.datasize);
         }
         w.fileid = new;
         w.data_end = DATA_HEADER_LEN as u64;
@@ -526,10 +529,13 @@ impl Namespace {
             &self.index_dir.join(index_file_name(0)),
             &IndexFileHeader::new(0, mode.byte(), now).encode(),
         )?;
-        *self.files.write() = Files {
+        let mut files = Files {
             data: vec![Arc::new(d)],
+            maps: Vec::new(),
             index: vec![Arc::new(i)],
         };
+        files.map_all_data(self.cfg.datasize);
+        *self.files.write() = files;
         *self.keys.write() = KeyTable::default();
         *w = WriterState {
             fileid: 0,
