@@ -38,6 +38,12 @@ fn arguments<'a>(buf: &'a [u8], base: usize, ranges: &[Range<usize>]) -> Argv<'a
         .collect()
 }
 
+/// Whether a complete pipelined `SET key value` follows at `at` (a lone SET takes the plain path).
+fn next_is_batchable(buf: &[u8], at: usize, ranges: &mut Vec<Range<usize>>) -> bool {
+    matches!(parse_request(&buf[at..], ranges), Ok(Some(_)))
+        && cmd::set::batchable(&arguments(buf, at, ranges))
+}
+
 /// Answers the complete requests at the start of `buf`, in order, appending replies to `out`. Consecutive
 /// plain `SET key value` requests are written as one batch. Returns how many bytes were consumed and why it
 /// stopped. A malformed request gets a `-Protocol error…` reply and [`Stop::Close`]. `ranges` is scratch
@@ -62,7 +68,10 @@ pub fn process(
         };
         let argv = arguments(buf, consumed, ranges);
         consumed += n;
-        if cmd::set::batchable(&argv) && !session.ns.is_removed() {
+        if cmd::set::batchable(&argv)
+            && !session.ns.is_removed()
+            && next_is_batchable(buf, consumed, ranges)
+        {
             // Pipelined SETs: gather the run and write it as one batch.
             let mut run = vec![argv];
             while let Ok(Some(n2)) = parse_request(&buf[consumed..], ranges) {

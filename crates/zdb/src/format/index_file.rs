@@ -113,10 +113,35 @@ pub struct IndexRecord {
     pub key: Vec<u8>,
 }
 
-impl IndexRecord {
-    /// Appends the record's bytes (header and key) to `out`.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.push(self.key.len().min(255) as u8);
+/// The fixed part of an index record (everything but the key), to encode a record without owning its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Offset of the data entry in data file `dataid`.
+    pub offset: u32,
+    /// Payload length.
+    pub length: u32,
+    /// Offset of the previous record in this index file (0 for the first).
+    pub previous: u32,
+    /// [`FLAG_DELETED`] when the key was deleted or this version superseded.
+    pub flags: u8,
+    /// Data file holding the payload.
+    pub dataid: u32,
+    /// Write time, unix seconds.
+    pub timestamp: u32,
+    /// [`super::zdb_crc32`] of the payload.
+    pub crc: u32,
+    /// Index file of the previous version of this key.
+    pub parentid: u32,
+    /// Offset of the previous version's record in index file `parentid`.
+    pub parentoff: u32,
+}
+
+impl RecordHeader {
+    /// Appends the record's bytes (these fields, then `key`, at most 255 bytes of it) to `out`.
+    pub fn encode_into(&self, key: &[u8], out: &mut Vec<u8>) {
+        let key = &key[..key.len().min(255)];
+        out.reserve(INDEX_RECORD_LEN + key.len());
+        out.push(key.len() as u8);
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.length.to_le_bytes());
         out.extend_from_slice(&self.previous.to_le_bytes());
@@ -126,7 +151,25 @@ impl IndexRecord {
         out.extend_from_slice(&self.crc.to_le_bytes());
         out.extend_from_slice(&self.parentid.to_le_bytes());
         out.extend_from_slice(&self.parentoff.to_le_bytes());
-        out.extend_from_slice(&self.key[..self.key.len().min(255)]);
+        out.extend_from_slice(key);
+    }
+}
+
+impl IndexRecord {
+    /// Appends the record's bytes (header and key) to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        RecordHeader {
+            offset: self.offset,
+            length: self.length,
+            previous: self.previous,
+            flags: self.flags,
+            dataid: self.dataid,
+            timestamp: self.timestamp,
+            crc: self.crc,
+            parentid: self.parentid,
+            parentoff: self.parentoff,
+        }
+        .encode_into(&self.key, out);
     }
 
     /// The record's bytes.

@@ -95,6 +95,7 @@ pub(super) fn load(
             index_last: index.index_last,
             last_sync: Instant::now(),
             dirty: BTreeSet::new(),
+            buffers: Default::default(),
         },
         keys: index.keys,
     })

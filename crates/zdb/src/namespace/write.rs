@@ -5,19 +5,22 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Instant;
+
+use smallvec::SmallVec;
 
 use super::files::{create_with_header, Files};
 use super::keys::{KeyEntry, KeyTable};
 use super::{now_secs, now_timestamp, Mode, Namespace};
 use crate::error::ZdbError;
 use crate::format::data_file::{data_file_name, DATA_ENTRY_HEADER_LEN, DATA_HEADER_LEN};
-use crate::format::index_file::{index_file_name, INDEX_HEADER_LEN, INDEX_RECORD_FLAGS_AT};
-use crate::format::{
-    zdb_crc32, DataEntryHeader, DataFileHeader, IndexFileHeader, IndexRecord, FLAG_DELETED,
+use crate::format::index_file::{
+    index_file_name, RecordHeader, INDEX_HEADER_LEN, INDEX_RECORD_FLAGS_AT,
 };
+use crate::format::{zdb_crc32, DataEntryHeader, DataFileHeader, IndexFileHeader, FLAG_DELETED};
 
 /// Why a write was refused.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,8 @@ pub(super) struct WriterState {
     pub(super) last_sync: Instant,
     /// Index files changed in place (INDEX DIRTY).
     pub(super) dirty: BTreeSet<u32>,
+    /// The data and index buffers of the last batch, kept for the next one (no allocation per write).
+    pub(super) buffers: (Vec<u8>, Vec<u8>),
 }
 
 /// Writer positions saved before staging, to roll back a failed write.
@@ -102,13 +107,19 @@ struct Batch {
     index_start: u64,
     /// Records in earlier index files (or committed earlier) to flag deleted once the data is written.
     flags: Vec<(u32, u32)>,
-    entries: Vec<(Vec<u8>, KeyEntry)>,
+    /// Each staged entry: where its key lies in `data`, and its new location.
+    entries: Vec<(Range<usize>, KeyEntry)>,
     saved: SavedPositions,
 }
 
 impl Batch {
-    fn new(w: &WriterState) -> Self {
+    fn new(w: &mut WriterState) -> Self {
+        let (mut data, mut index) = std::mem::take(&mut w.buffers);
+        data.clear();
+        index.clear();
         Batch {
+            data,
+            index,
             data_start: w.data_end,
             index_start: w.index_end,
             saved: SavedPositions {
@@ -121,6 +132,11 @@ impl Batch {
             ..Batch::default()
         }
     }
+
+    /// The key of staged entry `range`.
+    fn key(&self, range: &Range<usize>) -> &[u8] {
+        self.data.get(range.clone()).unwrap_or_default()
+    }
 }
 
 impl Namespace {
@@ -128,7 +144,7 @@ impl Namespace {
     pub fn set(&self, key: &[u8], value: &[u8], timestamp: u32) -> Result<SetOutcome, WriteError> {
         self.set_many(&[(key, value)], timestamp)
             .pop()
-            .unwrap_or(Err(WriteError::Data(io::Error::other("empty batch"))))
+            .unwrap_or_else(|| Err(WriteError::Data(io::Error::other("empty batch"))))
     }
 
     /// Stores several values in order (pipelined SETs): one data write and one index write for the whole
@@ -149,10 +165,10 @@ impl Namespace {
             (s.mode, s.worm, s.maxsize)
         };
         let mut w = self.writer.lock();
-        let mut batch = Batch::new(&w);
+        let mut batch = Batch::new(&mut w);
         let mut results: Vec<Result<SetOutcome, WriteError>> = Vec::with_capacity(items.len());
         // Indexes into `results` of the items staged in `batch`.
-        let mut staged: Vec<usize> = Vec::new();
+        let mut staged: SmallVec<[usize; 8]> = SmallVec::new();
         let (mut next_seq, mut datasize) = {
             let k = self.keys.read();
             (k.next_seq, k.datasize)
@@ -164,18 +180,21 @@ impl Namespace {
                 self.lookup_staged(&batch, key)
             };
             let live = existing.filter(|e| !e.deleted);
-            let key: Vec<u8> = match mode {
+            let id;
+            let key: &[u8] = match mode {
                 Mode::User if key.is_empty() => {
                     results.push(Err(WriteError::KeyNeeded));
                     continue;
                 }
-                Mode::User => key.to_vec(),
-                Mode::Seq if key.is_empty() => next_seq.to_le_bytes().to_vec(),
+                Mode::Seq if key.is_empty() => {
+                    id = next_seq.to_le_bytes();
+                    &id
+                }
                 Mode::Seq if existing.is_none() => {
                     results.push(Err(WriteError::OnlyUpdate));
                     continue;
                 }
-                Mode::Seq => key.to_vec(),
+                Mode::User | Mode::Seq => key,
             };
             let crc = zdb_crc32(value);
             if let Some(e) = live {
@@ -199,7 +218,7 @@ impl Namespace {
                 let outcome = self.commit(&mut w, std::mem::take(&mut batch));
                 Self::settle(&mut results, &mut staged, outcome);
                 let jumped = self.jump_locked(&mut w);
-                batch = Batch::new(&w);
+                batch = Batch::new(&mut w);
                 if let Err(e) = jumped {
                     results.push(Err(WriteError::Data(io_of(e))));
                     continue;
@@ -209,9 +228,9 @@ impl Namespace {
                 next_seq += 1;
             }
             datasize = datasize + value.len() as u64 - floating;
-            self.stage(&mut w, &mut batch, &key, value, crc, 0, timestamp, existing);
+            self.stage(&mut w, &mut batch, key, value, crc, 0, timestamp, existing);
             staged.push(results.len());
-            results.push(Ok(SetOutcome::Stored(key)));
+            results.push(Ok(SetOutcome::Stored(key.to_vec())));
         }
         let outcome = self.commit(&mut w, batch);
         Self::settle(&mut results, &mut staged, outcome);
@@ -221,7 +240,7 @@ impl Namespace {
     /// Replaces the results of staged items by the commit error, if the commit failed.
     fn settle(
         results: &mut [Result<SetOutcome, WriteError>],
-        staged: &mut Vec<usize>,
+        staged: &mut SmallVec<[usize; 8]>,
         outcome: Result<(), WriteError>,
     ) {
         if let Err(e) = outcome {
@@ -245,7 +264,7 @@ impl Namespace {
             .entries
             .iter()
             .rev()
-            .find(|(k, _)| k.as_slice() == key)
+            .find(|(k, _)| batch.key(k) == key)
             .map(|(_, e)| *e)
             .or_else(|| self.lookup(key))
     }
@@ -261,7 +280,7 @@ impl Namespace {
         if worm {
             return Err(WriteError::WormDelete);
         }
-        let mut batch = Batch::new(&w);
+        let mut batch = Batch::new(&mut w);
         self.stage(
             &mut w,
             &mut batch,
@@ -297,7 +316,11 @@ impl Namespace {
             flags,
             timestamp,
         };
+        batch
+            .data
+            .reserve(DATA_ENTRY_HEADER_LEN + key.len() + value.len());
         batch.data.extend_from_slice(&header.encode());
+        let key_at = batch.data.len()..batch.data.len() + key.len();
         batch.data.extend_from_slice(key);
         batch.data.extend_from_slice(value);
 
@@ -324,7 +347,7 @@ impl Namespace {
 
         let idx_off = w.index_end;
         let (parentid, parentoff) = existing.map(|e| (e.idxid, e.idxoffset)).unwrap_or((0, 0));
-        let rec = IndexRecord {
+        let rec = RecordHeader {
             offset: data_off as u32,
             length: value.len() as u32,
             previous: w.index_previous,
@@ -334,10 +357,9 @@ impl Namespace {
             crc,
             parentid,
             parentoff,
-            key: key.to_vec(),
         };
         let before = batch.index.len();
-        rec.encode_into(&mut batch.index);
+        rec.encode_into(key, &mut batch.index);
         w.data_previous = data_off as u32;
         w.data_end += (DATA_ENTRY_HEADER_LEN + key.len() + value.len()) as u64;
         w.index_previous = idx_off as u32;
@@ -346,7 +368,7 @@ impl Namespace {
             *l = idx_off as u32;
         }
         batch.entries.push((
-            key.to_vec(),
+            key_at,
             KeyEntry {
                 dataid: w.fileid,
                 offset: data_off as u32,
@@ -421,8 +443,10 @@ impl Namespace {
         }
         let mut keys = self.keys.write();
         for (key, entry) in &batch.entries {
-            keys.apply(key, *entry);
+            keys.apply(batch.key(key), *entry);
         }
+        drop(keys);
+        w.buffers = (batch.data, batch.index);
         Ok(())
     }
 
@@ -546,6 +570,7 @@ impl Namespace {
             index_last: vec![0],
             last_sync: Instant::now(),
             dirty: BTreeSet::new(),
+            buffers: Default::default(),
         };
         Ok(())
     }
