@@ -47,6 +47,31 @@ fn kill9(pid: u32) {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
 }
 
+/// What each node test starts from: a temporary directory with a small base image, a state directory
+/// whose nodes are removed at the end, and a host cache.
+struct Setup {
+    tmp: tempfile::TempDir,
+    img: PathBuf,
+    state: PathBuf,
+    cache: PathBuf,
+    _nodes: NodesGuard,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let img = small_base(tmp.path());
+    let state = tmp.path().join("state");
+    let _nodes = NodesGuard::new(&state);
+    let cache = tmp.path().join("cache");
+    Setup {
+        tmp,
+        img,
+        state,
+        cache,
+        _nodes,
+    }
+}
+
 /// A base image of a small directory (a file `f` reading "base\n") in a dir store under `tmp`.
 fn small_base(tmp: &Path) -> PathBuf {
     let data = tmp.join("data");
@@ -88,18 +113,17 @@ fn a_killed_mount_daemon_is_restarted_under_restart_and_fails_the_node_without()
     ) {
         return;
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let img = small_base(tmp.path());
-    let state = tmp.path().join("state");
-    let _nodes = NodesGuard::new(&state);
-    let cache = tmp.path().join("cache");
+    let Setup {
+        img, state, cache, ..
+    } = &setup();
+    let (img, state, cache) = (img.as_path(), state.as_path(), cache.as_path());
     for name in ["keep", "once", "chatty"] {
-        create(&state, name, &img, &cache);
+        create(state, name, img, cache);
     }
     // Each run appends to a file in the layer, then keeps reading the base.
     let script = "echo run >> {data}/runs; while cat {data}/f > /dev/null; do sleep 0.1; done";
     node(
-        &state,
+        state,
         &[
             "start",
             "keep",
@@ -111,15 +135,15 @@ fn a_killed_mount_daemon_is_restarted_under_restart_and_fails_the_node_without()
             script,
         ],
     );
-    node(&state, &["start", "once", "--", "sh", "-c", script]);
+    node(state, &["start", "once", "--", "sh", "-c", script]);
 
-    let before = node_entry(&state, "keep");
+    let before = node_entry(state, "keep");
     let mount_pid = pid_of(&before, "mount_pid").expect("mount daemon pid");
     let child_pid = pid_of(&before, "pid").expect("command pid");
     let killed = Instant::now();
     kill9(mount_pid);
     wait_until("keep runs again", Duration::from_secs(30), || {
-        let e = node_entry(&state, "keep");
+        let e = node_entry(state, "keep");
         e["state"] == "running"
             && pid_of(&e, "mount_pid").is_some_and(|p| p != mount_pid)
             && pid_of(&e, "pid").is_some_and(|p| p != child_pid)
@@ -129,7 +153,7 @@ fn a_killed_mount_daemon_is_restarted_under_restart_and_fails_the_node_without()
         "recovery after kill -9 of the mount daemon: {} ms (1 s of it is the first restart backoff)",
         recovery.as_millis()
     );
-    let after = node_entry(&state, "keep");
+    let after = node_entry(state, "keep");
     assert_eq!(after["restarts"], 1, "{after}");
     assert!(
         after["last_exit"]
@@ -143,20 +167,20 @@ fn a_killed_mount_daemon_is_restarted_under_restart_and_fails_the_node_without()
         fs::read_to_string(data.join("runs")).is_ok_and(|r| r.lines().count() == 2)
     });
     assert_eq!(fs::read(data.join("f")).expect("base file"), b"base\n");
-    let log = node(&state, &["logs", "keep", "-n", "20"]);
+    let log = node(state, &["logs", "keep", "-n", "20"]);
     assert!(
         log.contains("the mount daemon killed by signal 9") && log.contains("restarted"),
         "{log}"
     );
 
     // Without --restart the node fails and nothing stays mounted.
-    let once = node_entry(&state, "once");
+    let once = node_entry(state, "once");
     let once_data = PathBuf::from(once["data_dir"].as_str().expect("data_dir"));
     kill9(pid_of(&once, "mount_pid").expect("mount daemon pid"));
     wait_until("once failed", Duration::from_secs(30), || {
-        node_entry(&state, "once")["state"] == "failed"
+        node_entry(state, "once")["state"] == "failed"
     });
-    let once = node_entry(&state, "once");
+    let once = node_entry(state, "once");
     assert!(
         once["last_exit"]
             .as_str()
@@ -176,7 +200,7 @@ fn a_killed_mount_daemon_is_restarted_under_restart_and_fails_the_node_without()
 
     // node.log rotates by size and keeps N files.
     node(
-        &state,
+        state,
         &[
             "start",
             "chatty",
@@ -205,13 +229,9 @@ fn a_killed_mount_daemon_is_restarted_under_restart_and_fails_the_node_without()
         .contains("of a chatty node"));
 
     for name in ["keep", "chatty"] {
-        node(&state, &["stop", name]);
+        node(state, &["stop", name]);
     }
-    assert!(
-        mounts_under(&state).is_empty(),
-        "{:?}",
-        mounts_under(&state)
-    );
+    assert!(mounts_under(state).is_empty(), "{:?}", mounts_under(state));
 }
 
 /// The dist units with the binary under test in place of /usr/bin/thinnode, in `dir`.
@@ -487,14 +507,16 @@ fn enabled_node_survives_kill_9_of_its_supervisor_and_a_reboot_under_its_unit() 
     {
         return;
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let img = small_base(tmp.path());
-    let state = tmp.path().join("state");
-    let _nodes = NodesGuard::new(&state);
-    let cache = tmp.path().join("cache");
-    let units = tmp.path().join("units");
+    let s = setup();
+    let (tmp, img, state, cache) = (
+        s.tmp.path(),
+        s.img.as_path(),
+        s.state.as_path(),
+        s.cache.as_path(),
+    );
+    let units = tmp.join("units");
     let units_s = units.to_str().expect("utf-8");
-    create(&state, "val1", &img, &cache);
+    create(state, "val1", img, cache);
 
     // Enabling needs the node's command: it is recorded by a first start.
     let refused = common::run(&[
@@ -509,16 +531,16 @@ fn enabled_node_survives_kill_9_of_its_supervisor_and_a_reboot_under_its_unit() 
     assert!(!refused.status.success());
     assert!(common::text(&refused).contains("no command yet"));
     let script = "echo run >> {data}/runs; exec sleep 600";
-    node(&state, &["start", "val1", "--", "sh", "-c", script]);
-    node(&state, &["stop", "val1"]);
-    let enabled = node(&state, &["enable", "val1", "--unit-dir", units_s]);
+    node(state, &["start", "val1", "--", "sh", "-c", script]);
+    node(state, &["stop", "val1"]);
+    let enabled = node(state, &["enable", "val1", "--unit-dir", units_s]);
     println!("{enabled}");
     let link = units.join("multi-user.target.wants/thinnode-node@val1.service");
     assert_eq!(
         fs::read_link(&link).expect("link"),
         units.join("thinnode-node@.service")
     );
-    assert_eq!(node_entry(&state, "val1")["enabled"], true);
+    assert_eq!(node_entry(state, "val1")["enabled"], true);
     let drop_in = units.join("thinnode-node@val1.service.d/state-dir.conf");
     assert!(fs::read_to_string(&drop_in)
         .expect("drop-in")
@@ -533,13 +555,13 @@ fn enabled_node_survives_kill_9_of_its_supervisor_and_a_reboot_under_its_unit() 
     let unit = Unit::read(&link, &units, "val1");
     assert_eq!(unit.restart, "on-failure");
     assert_eq!(unit.exec_start[0], BIN);
-    let notify = NotifySocket::bind(&tmp.path().join("notify.sock"));
+    let notify = NotifySocket::bind(&tmp.join("notify.sock"));
     let mut main = unit
         .command(&unit.exec_start, Some(&notify.path))
         .spawn()
         .expect("ExecStart");
     notify.wait_ready(&mut main, Duration::from_secs(30));
-    let entry = node_entry(&state, "val1");
+    let entry = node_entry(state, "val1");
     assert_eq!(entry["state"], "running");
     assert_eq!(pid_of(&entry, "supervisor_pid"), Some(main.id()));
     let data = PathBuf::from(entry["data_dir"].as_str().expect("data_dir"));
@@ -560,7 +582,7 @@ fn enabled_node_survives_kill_9_of_its_supervisor_and_a_reboot_under_its_unit() 
         killed.elapsed().as_millis(),
         unit.restart_sec.as_millis()
     );
-    assert_eq!(node_entry(&state, "val1")["state"], "running");
+    assert_eq!(node_entry(state, "val1")["state"], "running");
     assert_eq!(
         fs::read_to_string(data.join("runs"))
             .expect("runs")
@@ -571,9 +593,9 @@ fn enabled_node_survives_kill_9_of_its_supervisor_and_a_reboot_under_its_unit() 
     );
 
     // A reboot: every process of this node dead, its mounts gone; the record still says running.
-    simulate_reboot(&state);
+    simulate_reboot(state);
     let _ = main.wait();
-    assert_eq!(node_entry(&state, "val1")["state"], "crashed");
+    assert_eq!(node_entry(state, "val1")["state"], "crashed");
     // Boot: systemd starts every unit wanted by multi-user.target.
     let mut booted = BTreeMap::new();
     for entry in fs::read_dir(units.join("multi-user.target.wants")).expect("wants") {
@@ -597,7 +619,7 @@ fn enabled_node_survives_kill_9_of_its_supervisor_and_a_reboot_under_its_unit() 
         booted.insert(name, (unit, main));
     }
     assert_eq!(booted.len(), 1);
-    let entry = node_entry(&state, "val1");
+    let entry = node_entry(state, "val1");
     assert_eq!(entry["state"], "running", "{entry}");
     assert_eq!(fs::read(data.join("f")).expect("base"), b"base\n");
     assert_eq!(
@@ -620,12 +642,12 @@ fn enabled_node_survives_kill_9_of_its_supervisor_and_a_reboot_under_its_unit() 
         status.success(),
         "a stopped node's service exits 0: {status}"
     );
-    assert_eq!(node_entry(&state, "val1")["state"], "stopped");
-    assert!(mounts_under(&state).is_empty());
+    assert_eq!(node_entry(state, "val1")["state"], "stopped");
+    assert!(mounts_under(state).is_empty());
 
     // disable removes the link and the drop-in; the template stays for other nodes.
-    node(&state, &["disable", "val1", "--unit-dir", units_s]);
+    node(state, &["disable", "val1", "--unit-dir", units_s]);
     assert!(!link.exists() && !drop_in.exists());
     assert!(units.join("thinnode-node@.service").is_file());
-    assert_eq!(node_entry(&state, "val1")["enabled"], false);
+    assert_eq!(node_entry(state, "val1")["enabled"], false);
 }

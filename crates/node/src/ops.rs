@@ -389,6 +389,14 @@ pub fn stop(state: &StateDir, name: &str, timeout: Duration) -> Result<NodeRecor
     Ok(record)
 }
 
+/// The pid of a recorded process of a running node, while that process lives.
+fn live_pid(running: bool, process: &Option<crate::process::ProcessStamp>) -> Option<u32> {
+    process
+        .as_ref()
+        .filter(|p| running && p.is_alive())
+        .map(|p| p.pid)
+}
+
 /// What `node ls` shows about node `name`.
 pub fn info(state: &StateDir, record: &NodeRecord) -> NodeInfo {
     let status = record.status();
@@ -404,15 +412,7 @@ pub fn info(state: &StateDir, record: &NodeRecord) -> NodeInfo {
             .ok()
             .map(|u| u.allocated_bytes),
         uptime_secs: record.uptime_secs(),
-        pid: if running {
-            record
-                .child
-                .as_ref()
-                .filter(|c| c.is_alive())
-                .map(|c| c.pid)
-        } else {
-            None
-        },
+        pid: live_pid(running, &record.child),
         supervisor_pid: if running {
             record.supervisor.as_ref().map(|s| s.pid)
         } else {
@@ -423,15 +423,7 @@ pub fn info(state: &StateDir, record: &NodeRecord) -> NodeInfo {
         restarts: record.restarts,
         last_exit: record.last_exit.clone(),
         ready_ms: record.ready_ms,
-        mount_pid: if running {
-            record
-                .mount
-                .as_ref()
-                .filter(|m| m.is_alive())
-                .map(|m| m.pid)
-        } else {
-            None
-        },
+        mount_pid: live_pid(running, &record.mount),
         enabled: record.enabled,
     }
 }
