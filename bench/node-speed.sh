@@ -28,7 +28,9 @@
 # SIZE_MIB/4, at most 256), FIO_SECS (20), FIO_RAMP (2), HALF_RATE (50MB/s), LINK (10gbit), PDB_SIZE
 # (1G), PDB_CHUNK (64K), PDB_MEM_MIB (MEM_MIB), LTC_BLOCKS (3000), LTC_TXS (40 per block), LTC_OUTPUTS
 # (12 per transaction), LTC_DBCACHE (64, MiB), LTC_MEM_MIB (256: litecoind's own memory counts too),
-# CHAIN_CACHE (/var/tmp/thinnode-bench-chains), PARTS (fio,half,seq,paritydb,litecoin: the parts to run).
+# CHAIN_CACHE (/var/tmp/thinnode-bench-chains), PARTS (fio,half,seq,paritydb,litecoin: the parts to run),
+# THINNODE (a thinnode binary to measure instead of building this tree's, e.g. an older build kept for a
+# before/after comparison; the helpers are still built from this tree).
 # Needs root, /dev/fuse, fio and litecoind (scripts/setup.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,10 +66,17 @@ if part litecoin; then
   command -v litecoind >/dev/null || die "litecoind is missing (bash scripts/setup.sh installs it)"
 fi
 
-cargo build --quiet --release -p thinnode --bin thinnode
+if [ -z "${THINNODE:-}" ]; then
+  cargo build --quiet --release -p thinnode --bin thinnode
+  THINNODE=$CARGO_TARGET_DIR/release/thinnode
+  MEASURED="this tree, commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo ' + local changes')"
+else
+  [ -x "$THINNODE" ] || die "THINNODE=$THINNODE is not an executable"
+  MEASURED="$THINNODE"
+fi
 cargo build --quiet --release -p mount --example raw_fetch
 cargo build --quiet --release -p paritydb-harness
-BIN=$CARGO_TARGET_DIR/release/thinnode
+BIN=$THINNODE
 RAW=$CARGO_TARGET_DIR/release/examples/raw_fetch
 HARNESS=$CARGO_TARGET_DIR/release/paritydb-harness
 
@@ -303,6 +312,9 @@ fi
 if part fio; then
   log "hydrate the data set into the host cache"
   read -r cache_b uniq_b < <(hydrate_full "$WORK/data.img" "$WORK/cache-data")
+  # Fragmentation matters for random reads that miss the page cache: extents of the local files and of
+  # the two largest files in the host cache.
+  log "  extents: local $(filefrag "$WORK/src/a.bin" "$WORK/src/b.bin" | awk '{printf "%s ", $2}'); host cache $(find "$WORK/cache-data" -type f -printf '%s %p\n' | sort -rn | head -2 | cut -d' ' -f2- | xargs -r filefrag | awk '{printf "%s ", $(NF-2)}')"
   CACHE5_ROWS=("| 5 | host cache on disk after hydrate / unique plain bytes, ${SIZE_MIB} MiB fio data set (MiB) | $(mib "$cache_b") | $(mib "$uniq_b") | $(ratio "$cache_b" "$uniq_b") | ≤ 1.05 | $(awk -v a="$cache_b" -v b="$uniq_b" 'BEGIN {print (a <= 1.05 * b) ? "yes" : "**no**"}') |")
 fi
 if part paritydb; then
@@ -507,7 +519,7 @@ if part litecoin; then
 fi
 
 echo
-echo "node speed: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "node speed: $(date -u '+%Y-%m-%d %H:%M UTC'), thinnode from $MEASURED, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "RUNS=$RUNS SIZE_MIB=$SIZE_MIB MEM_MIB=$MEM_MIB FIO_SECS=$FIO_SECS HALF_RATE=$HALF_RATE LINK=$LINK PDB_SIZE=$PDB_SIZE PDB_CHUNK=$PDB_CHUNK PDB_MEM_MIB=$PDB_MEM_MIB LTC_BLOCKS=$LTC_BLOCKS LTC_MEM_MIB=$LTC_MEM_MIB"
 [ -n "${PDB_BYTES:-}" ] && echo "ParityDB $(mib "$PDB_BYTES") MiB on disk; litecoind chain ${LTC_BYTES:+$(mib "$LTC_BYTES") MiB, }$LTC_BLOCKS blocks"
 echo
