@@ -141,8 +141,22 @@ mount_image() { # IMAGE MOUNTPOINT CACHE [thinnode mount options...]
   mkdir -p "$2"
   METRICS_PORT=$(free_port)
   MOUNTS+=("$2")
-  out=$("$BIN" mount "$1" "$2" --cache "$3" --daemon --log "$WORK/mount.log" \
-    --metrics "127.0.0.1:$METRICS_PORT" "${@:4}" 2>&1) || die "mount $1 failed: $out"
+  # A mount that does not come up within a minute is stopped (its daemon by pid) rather than waited for.
+  "$BIN" mount "$1" "$2" --cache "$3" --daemon --log "$WORK/mount.log" \
+    --metrics "127.0.0.1:$METRICS_PORT" "${@:4}" >"$WORK/mount.out" 2>&1 &
+  local mp=$! i
+  for i in $(seq 600); do kill -0 "$mp" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$mp" 2>/dev/null; then
+    local stack=''
+    for i in $(pgrep -P "$mp"); do
+      stack+=$(head -3 "/proc/$i/stack" 2>/dev/null | tr '\n' ' ')
+      kill -9 "$i" 2>/dev/null || true
+    done
+    kill "$mp" 2>/dev/null || true
+    die "mount $1 did not come up in 60 s (daemon kernel stack: $stack)"
+  fi
+  wait "$mp" || die "mount $1 failed: $(cat "$WORK/mount.out")"
+  out=$(cat "$WORK/mount.out")
   DAEMON_PID=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<<"$out")
   [ -n "$DAEMON_PID" ] || die "no daemon pid in: $out"
   (
