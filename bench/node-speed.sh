@@ -3,10 +3,11 @@
 # local copy of the same data, measured in the same run, with the page cache dropped before each side
 # (which also drops the store's files) and the reader in a memory cgroup (v1) that caps what it may keep
 # in the page cache, so that most of its reads miss the page cache as a big chain database's do:
-#   1. fio 4 KiB random reads (4 jobs, psync, time-based) over a SIZE_MIB data set, host cache complete
-#      (`thinnode hydrate` first): plain mount, overlay layer and blocks layer vs the local file;
-#   2. the same with the host cache half full while a `thinnode hydrate --rate HALF_RATE` of the rest
-#      runs (a fresh cache hydrated to half, that hydrate interrupted, then the rate-limited one started);
+#   1. fio 4 KiB random reads (4 jobs, psync, time-based) over a SIZE_MIB data set (two random files,
+#      a.bin and b.bin), host cache complete (`thinnode hydrate` first): plain mount, overlay layer and
+#      blocks layer vs the local files; the blocks layer also with the daemon's page cache capped (below);
+#   2. the same with the host cache half full: a fresh cache with a.bin hydrated, and a
+#      `thinnode hydrate --rate HALF_RATE` of the rest running during fio;
 #   3. sequential cold read (`dd bs=1M`, fresh host cache) with the store behind a LINK `tc tbf` qdisc on
 #      loopback vs the raw pipelined fetch of the same chunks through the same link
 #      (crates/mount/examples/raw_fetch), and unlimited with the store's files cold vs the local cold read;
@@ -18,8 +19,11 @@
 #   5. host-cache bytes on disk after `hydrate` (`du --block-size=1`) vs the image's unique plain bytes
 #      (`thinnode inspect --json`);
 #   6. peak RSS (VmHWM) and peak thread count of the mount daemon during (3) and (1).
-# Only the workload goes in the capped cgroup, never the mount daemon (its host-cache writes and reads
-# would be charged there); how much of the host cache the daemon kept in the page cache is reported.
+# Only the workload goes in the capped cgroup, never the mount daemon (its host-cache writes would be
+# charged there); how much of the host cache sat in the page cache after each run is reported. Reads the
+# daemon serves itself (the blocks layer reading its lower) fill a page cache no cgroup caps, so the
+# blocks-layer rows are repeated with the daemon moved, after mounting, into a cgroup of its own with the
+# same page-cache budget ("daemon's page cache capped too").
 #
 #   bash bench/node-speed.sh
 #   RUNS=1 SIZE_MIB=512 PDB_SIZE=512M LTC_BLOCKS=1000 FIO_SECS=5 bash bench/node-speed.sh   # a few minutes
