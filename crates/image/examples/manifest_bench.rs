@@ -44,9 +44,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let dirs = (files / 1000).max(1);
     let per_dir = files / dirs;
-    let chunk_size = 1 << 20;
+    let path = dir.join("manifest-bench.img");
+    let key = build_manifest(&path, dirs, per_dir)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let queries: Vec<(String, String)> = (0..200_000)
+        .map(|_| {
+            (
+                format!("dir{:04}", rng.random_range(0..dirs)),
+                file_name(rng.random_range(0..per_dir)),
+            )
+        })
+        .collect();
+    measure_manifest(&path, &key, dirs, per_dir, &queries)?;
+    std::fs::remove_file(&path)?;
 
-    // Build: every file is 3 MiB + 1 byte (4 chunk slots), chunks drawn from a pool of distinct ids.
+    let sqlite = dir.join("manifest-bench.sqlite");
+    build_sqlite(&sqlite, dirs, per_dir)?;
+    measure_sqlite(&sqlite, &queries)?;
+    std::fs::remove_file(&sqlite)?;
+    Ok(())
+}
+
+/// Writes a signed manifest of `dirs` directories of `per_dir` files of 3 chunks each, the chunks drawn
+/// from a pool of distinct ids; returns the signing key.
+fn build_manifest(
+    path: &Path,
+    dirs: u64,
+    per_dir: u64,
+) -> Result<ed25519_dalek::SigningKey, Box<dyn std::error::Error>> {
+    let chunk_size = 1 << 20;
     let t = Instant::now();
     let mut b = ManifestBuilder::new(chunk_size, attrs(FileKind::Directory, 0))?;
     let pool: Vec<u32> = (0..4096u32)
@@ -76,41 +102,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let key = image::generate_signing_key();
-    let path = dir.join("manifest-bench.img");
-    b.write(&path, Some(&key))?;
+    b.write(path, Some(&key))?;
     drop(b);
-    let size = std::fs::metadata(&path)?.len();
+    let size = std::fs::metadata(path)?.len();
     println!(
         "files: {}  directories: {dirs}  manifest: {:.1} MiB  build+write: {:.2} s",
         dirs * per_dir,
         size as f64 / (1 << 20) as f64,
         t.elapsed().as_secs_f64()
     );
+    Ok(key)
+}
 
+/// Open, lookup, getattr, readdir and signature check of the manifest at `path`.
+fn measure_manifest(
+    path: &Path,
+    key: &ed25519_dalek::SigningKey,
+    dirs: u64,
+    per_dir: u64,
+    queries: &[(String, String)],
+) -> Result<(), Box<dyn std::error::Error>> {
     // Open (page cache warm), best of 20.
     let mut best = Duration::MAX;
     for _ in 0..20 {
         let t = Instant::now();
-        let m = ImageManifest::open(&path)?;
+        let m = ImageManifest::open(path)?;
         std::hint::black_box(m.inode_count());
         best = best.min(t.elapsed());
     }
     println!("v1 open: {:.3} ms", best.as_secs_f64() * 1e3);
 
-    let m = ImageManifest::open(&path)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let queries: Vec<(String, String)> = (0..200_000)
-        .map(|_| {
-            (
-                format!("dir{:04}", rng.random_range(0..dirs)),
-                file_name(rng.random_range(0..per_dir)),
-            )
-        })
-        .collect();
+    let m = ImageManifest::open(path)?;
     // Warm up, then time a two-level lookup (root → dir → file), as FUSE does it.
     let run = |m: &ImageManifest| -> Result<Duration, image::ImageError> {
         let t = Instant::now();
-        for (d, f) in &queries {
+        for (d, f) in queries {
             let dir = m
                 .lookup(ROOT_INO, d.as_bytes())?
                 .ok_or(image::ImageError::NotFound(0))?;
@@ -147,19 +173,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64() * 1e3
     );
 
-    sqlite_bench(&dir.join("manifest-bench.sqlite"), dirs, per_dir, &queries)?;
-    std::fs::remove_file(&path)?;
     Ok(())
 }
 
 /// The rfs-style alternative: inode(ino, parent, name, ...) with an index on (parent, name), block(ino, id,
-/// key).
-fn sqlite_bench(
-    path: &Path,
-    dirs: u64,
-    per_dir: u64,
-    queries: &[(String, String)],
-) -> Result<(), Box<dyn std::error::Error>> {
+/// key), holding the same tree as [`build_manifest`].
+fn build_sqlite(path: &Path, dirs: u64, per_dir: u64) -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_file(path);
     let t = Instant::now();
     {
@@ -222,6 +241,14 @@ fn sqlite_bench(
         size as f64 / (1 << 20) as f64,
         t.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Open and lookup of the SQLite database at `path`.
+fn measure_sqlite(
+    path: &Path,
+    queries: &[(String, String)],
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut best = Duration::MAX;
     for _ in 0..20 {
         let t = Instant::now();
@@ -257,8 +284,5 @@ fn sqlite_bench(
         "sqlite lookup: {} per lookup",
         per_op(el, 2 * queries.len() as u64)
     );
-    drop(st);
-    drop(c);
-    std::fs::remove_file(path)?;
     Ok(())
 }

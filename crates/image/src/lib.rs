@@ -4,6 +4,8 @@
 //! contents are cut into fixed-size chunks; each chunk is compressed, encrypted under a key derived from its
 //! plaintext and stored in a [`store::ChunkStore`] under the BLAKE3 hash of the stored object.
 
+#![deny(missing_docs)]
+
 mod codec;
 mod convert;
 pub mod fl;

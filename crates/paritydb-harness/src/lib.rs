@@ -5,6 +5,8 @@
 //! justifications), using the real `parity-db` crate. Every block's content is derived from a seed, so a
 //! database can be verified key by key without keeping a copy of it.
 
+#![deny(missing_docs)]
+
 use std::path::Path;
 
 use parity_db::{ColumnOptions, CompressionType, Db, Options};

@@ -3,6 +3,8 @@
 //!
 //! Only tests depend on this crate.
 
+#![deny(missing_docs)]
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
