@@ -3,6 +3,12 @@
 //! An image is a signed, memory-mapped manifest (see docs/format.md) describing a directory tree whose file
 //! contents are cut into fixed-size chunks; each chunk is compressed, encrypted under a key derived from its
 //! plaintext and stored in a [`store::ChunkStore`] under the BLAKE3 hash of the stored object.
+//!
+//! Where things are: the byte layout of a manifest is defined once in `format` (one record type per
+//! section, header, trailer, sealing); [`ManifestBuilder`] writes a manifest and [`ImageManifest`] reads
+//! one in place. [`encode_chunk`] and [`decode_chunk`] are the chunk codec. [`pack`], [`unpack`],
+//! [`verify`] and [`image_stats`] are the engines of the commands of the same names;
+//! [`manifest_with_stores`] rewrites the store list for `store copy`.
 
 #![deny(missing_docs)]
 
