@@ -100,20 +100,9 @@ fn file_hash(p: &Path) -> blake3::Hash {
 
 #[test]
 fn litecoind_nodes_from_one_base_diverge_reset_and_promote() {
-    if !fuse_available("litecoind_nodes_from_one_base_diverge_reset_and_promote") {
-        return;
-    }
-    if Command::new("litecoind")
-        .arg("-version")
-        .stdout(Stdio::null())
-        .status()
-        .is_err()
+    if !fuse_available("litecoind_nodes_from_one_base_diverge_reset_and_promote")
+        || !litecoind_available()
     {
-        assert!(
-            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
-            "litecoind is missing and CI=true forbids skipping (scripts/setup.sh installs it)"
-        );
-        eprintln!("SKIP: litecoind is not installed (scripts/setup.sh installs it)");
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -292,4 +281,117 @@ fn litecoind_nodes_from_one_base_diverge_reset_and_promote() {
     for name in ["n1", "n2", "n3"] {
         node(&state, &["rm", name]);
     }
+}
+
+/// Whether litecoind can run here (a missing one fails under CI=true).
+fn litecoind_available() -> bool {
+    if Command::new("litecoind")
+        .arg("-version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok()
+    {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map(|v| v != "true").unwrap_or(true),
+        "litecoind is missing and CI=true forbids skipping (scripts/setup.sh installs it)"
+    );
+    eprintln!("SKIP: litecoind is not installed (scripts/setup.sh installs it)");
+    false
+}
+
+/// A regtest chain packed as a ThreeFold flist (`pack --format fl` into our zdb server) provisions a node
+/// on each layer kind: each starts at the packed height and mines on.
+#[test]
+fn litecoind_nodes_from_an_flist_on_each_layer_kind() {
+    if !fuse_available("litecoind_nodes_from_an_flist_on_each_layer_kind") || !litecoind_available()
+    {
+        return;
+    }
+    const HEIGHT: u64 = 60;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let zdb = ZdbProcess::start(&[BIN, "zdb"], &tmp.path().join("zdb"), &[]);
+    let chain = tmp.path().join("chain");
+    std::fs::create_dir_all(&chain).expect("mkdir");
+    let rpc = free_port();
+    let mut litecoind = ChildGuard::new(
+        Command::new("litecoind")
+            .arg("-regtest")
+            .arg(format!("-datadir={}", chain.display()))
+            .arg(format!("-port={}", free_port()))
+            .arg(format!("-rpcport={rpc}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start litecoind"),
+    );
+    wait_rpc(&chain, rpc);
+    cli_ok(&chain, rpc, &["createwallet", "miner"]);
+    let addr = cli_ok(&chain, rpc, &["getnewaddress"]);
+    cli_ok(
+        &chain,
+        rpc,
+        &["generatetoaddress", &HEIGHT.to_string(), &addr],
+    );
+    cli_ok(&chain, rpc, &["stop"]);
+    assert!(
+        litecoind.terminate(Duration::from_secs(60)).is_some(),
+        "litecoind stopped"
+    );
+    // The wallet is the packer's secret; the nodes run without one.
+    std::fs::remove_dir_all(chain.join("regtest/wallets")).expect("remove wallets");
+    let fl = tmp.path().join("ltc.fl");
+    let fl_s = fl.to_str().expect("utf-8");
+    println!(
+        "{}",
+        ok_text(&[
+            "pack",
+            chain.to_str().expect("utf-8"),
+            "--format",
+            "fl",
+            "--store",
+            &zdb.url("default"),
+            "--out",
+            fl_s,
+            "--label",
+            "chain=litecoin-regtest",
+        ])
+    );
+    let inspect = ok_text(&["inspect", fl_s]);
+    assert!(inspect.contains("rfs flist"), "{inspect}");
+
+    let state = tmp.path().join("state");
+    let _nodes = NodesGuard::new(&state);
+    let cache = tmp.path().join("cache");
+    let cache_s = cache.to_str().expect("utf-8");
+    for (name, kind) in [("fl-overlay", "overlay"), ("fl-blocks", "blocks")] {
+        node(
+            &state,
+            &[
+                "create",
+                name,
+                "--image",
+                fl_s,
+                "--layer-kind",
+                kind,
+                "--cache",
+                cache_s,
+            ],
+        );
+        let (data, rpc) = start_node(&state, name);
+        assert_eq!(
+            cli_ok(&data, rpc, &["getblockcount"]),
+            HEIGHT.to_string(),
+            "{name} starts at the flist's height"
+        );
+        cli_ok(&data, rpc, &["generatetoaddress", "5", &addr]);
+        assert_eq!(
+            cli_ok(&data, rpc, &["getblockcount"]),
+            (HEIGHT + 5).to_string(),
+            "{name} mines on"
+        );
+        node(&state, &["stop", name]);
+        node(&state, &["rm", name]);
+    }
+    println!("{}", ok_text(&["verify", fl_s, "--deep"]));
 }
