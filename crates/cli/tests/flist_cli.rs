@@ -430,6 +430,23 @@ fn flists_we_pack_and_convert_mount_back_byte_for_byte() {
         let _m = Mount::start(s(&back), &t.join("m2"), &t.join("cache"), &[]);
         assert_fixture_tree(&t.join("m2"));
     }
+    // An image that keeps the flist's blocks by reference: nothing fetched, same tree.
+    let byref = t.join("byref.img");
+    ok_text(&[
+        "convert",
+        s(&fl),
+        "--to",
+        "image",
+        "--by-reference",
+        "--out",
+        s(&byref),
+    ]);
+    let inspect = ok_text(&["inspect", s(&byref)]);
+    assert!(inspect.contains("thinnode image"), "{inspect}");
+    {
+        let _m = Mount::start(s(&byref), &t.join("m3"), &t.join("cache3"), &[]);
+        assert_fixture_tree(&t.join("m3"));
+    }
     let tags: String = rusqlite::Connection::open(&back)
         .expect("open")
         .query_row("SELECT value FROM tag WHERE key = 'version'", [], |r| {

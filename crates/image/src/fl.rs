@@ -84,6 +84,24 @@ fn attrs_of(n: &flist::FlInode) -> Result<NewInode, ImageError> {
 /// labels. A route that cannot be translated is recorded as rfs wrote it, so opening the store fails
 /// naming it (and `--store` still works).
 pub fn manifest_from_flist(path: &Path) -> Result<ImageManifest, ImageError> {
+    let b = builder_from_flist(path)?;
+    Ok(ImageManifest::from_bytes(b.to_bytes(None)?)?.with_source(ManifestSource::Flist))
+}
+
+/// Writes the flist at `path` as a thinnode image at `out` that keeps the flist's blocks by reference
+/// (rfs-block chunks, read from the flist's routes, which become the image's store): no block is fetched
+/// or re-encoded. Signed with `signer` when given.
+pub fn flist_as_image(
+    path: &Path,
+    out: &Path,
+    signer: Option<&ed25519_dalek::SigningKey>,
+) -> Result<(), ImageError> {
+    let b = builder_from_flist(path)?;
+    crate::writer::write_atomically(out, &b.to_bytes(signer)?)
+}
+
+/// The manifest of [`manifest_from_flist`], not yet serialised.
+fn builder_from_flist(path: &Path) -> Result<ManifestBuilder, ImageError> {
     let fl = Flist::read(path)?;
     let mut b = ManifestBuilder::new(BLOCK_SIZE as u32, attrs_of(fl.root())?)?;
     let mut stack: Vec<(u64, Ino)> = vec![(flist::ROOT_INO, ROOT_INO)];
@@ -136,7 +154,7 @@ pub fn manifest_from_flist(path: &Path) -> Result<ImageManifest, ImageError> {
     for (k, v) in &fl.tags {
         b.add_label(k, v);
     }
-    Ok(ImageManifest::from_bytes(b.to_bytes(None)?)?.with_source(ManifestSource::Flist))
+    Ok(b)
 }
 
 /// What an flist cannot hold of an image (docs/flist.md, "What an flist cannot hold").

@@ -15,9 +15,13 @@ pub struct Args {
     /// What to write: `fl` (a ThreeFold flist) or `image` (a thinnode image).
     #[arg(long, value_enum)]
     to: Format,
-    /// Where the converted chunks go (its rfs form becomes an flist's routes).
-    #[arg(long, env = "THINNODE_STORE")]
-    store: String,
+    /// Where the converted chunks go (its rfs form becomes an flist's routes). Not with --by-reference.
+    #[arg(long, env = "THINNODE_STORE", required_unless_present = "by_reference")]
+    store: Option<String>,
+    /// With --to image and an flist input: write an image that keeps the flist's blocks by reference
+    /// (rfs-block chunks read from the flist's routes; nothing is fetched, re-encoded or uploaded).
+    #[arg(long)]
+    by_reference: bool,
     /// The file to write.
     #[arg(long)]
     out: PathBuf,
@@ -51,8 +55,12 @@ pub struct Args {
 /// Runs `thinnode convert`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let src = super::unpack::open_image(&args.input, None)?;
+    if args.by_reference {
+        return by_reference(&args, &src);
+    }
+    let store_url = args.store.clone().context("--store is required")?;
     let src_store = super::unpack::open_store(args.from.as_deref(), &src)?;
-    let dst = store::open(&args.store).context("opening the target store")?;
+    let dst = store::open(&store_url).context("opening the target store")?;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let summary = match args.to {
         Format::Fl => {
@@ -60,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 anyhow::bail!("an flist cannot be signed: --sign does not apply to --to fl");
             }
             let opts = image::FlistOptions {
-                store_url: args.store.clone(),
+                store_url: store_url.clone(),
                 keep_passwords: args.keep_password,
                 drop_xattrs: args.drop_xattrs,
             };
@@ -128,5 +136,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mib(summary.bytes_stored)
     );
     println!("elapsed:   {:.2} s", summary.elapsed_secs);
+    Ok(())
+}
+
+/// `convert FLIST --to image --by-reference`.
+fn by_reference(args: &Args, src: &image::ImageManifest) -> anyhow::Result<()> {
+    if args.to != Format::Image || src.source() != image::ManifestSource::Flist {
+        anyhow::bail!("--by-reference converts an flist to an image (--to image)");
+    }
+    let signer = match &args.sign {
+        Some(p) => {
+            Some(image::read_signing_key(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    let local = super::remote::local_image(&args.input, &super::remote::default_cache())?;
+    image::fl::flist_as_image(&local, &args.out, signer.as_ref())
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "image:     {} (the flist's {} blocks by reference, store {})",
+        args.out.display(),
+        src.unique_chunk_count(),
+        src.stores().join(", ")
+    );
     Ok(())
 }
