@@ -500,7 +500,7 @@ pub fn convert_to_flist(
     let started = std::time::Instant::now();
     let write = opts.write_options()?;
     src.check_structure()?;
-    FlistLosses::of(src)?.judge(opts.drop_xattrs)?;
+    let warnings = FlistLosses::of(src)?.judge(opts.drop_xattrs)?;
     let convert = crate::ConvertOptions {
         chunk_size: BLOCK_SIZE as u32,
         encoding: ChunkEncoding::RfsBlock,
@@ -509,7 +509,13 @@ pub fn convert_to_flist(
     };
     let (builder, mut summary) = crate::convert::convert_into(src, src_store, dst_store, &convert)?;
     let m = ImageManifest::from_bytes(builder.to_bytes(None)?)?;
-    let written = write_flist(&m, dst_store, out, &write)?;
+    let mut written = write_flist(&m, dst_store, out, &write)?;
+    // The source's own losses first (the signature is not in the converted manifest).
+    for w in warnings.into_iter().rev() {
+        if !written.warnings.contains(&w) {
+            written.warnings.insert(0, w);
+        }
+    }
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     Ok((summary, written))
 }
