@@ -3,19 +3,20 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::mounts::{
+    disk_usage, force_unmount, is_mounted, is_stale, pack, read_all_files, read_at_full,
+    DetachOnDrop, Mounted,
+};
 use common::{ok_text as run_ok, BIN};
 use rand::{Rng, RngCore, SeedableRng};
-use testkit::{fuse_available, ChildGuard, ZdbProcess};
+use testkit::{fuse_available, ZdbProcess};
 
 const CHUNK: u64 = 128 * 1024;
 
@@ -64,19 +65,6 @@ fn make_tree(root: &Path) {
     xattr::set(root.join("db"), "user.dir", b"d").expect("xattr");
 }
 
-fn pack(src: &Path, store: &str, out: &Path) {
-    run_ok(&[
-        "pack",
-        src.to_str().expect("utf8"),
-        "--store",
-        store,
-        "--out",
-        out.to_str().expect("utf8"),
-        "--chunk-size",
-        "128KiB",
-    ]);
-}
-
 /// A temporary directory holding the test tree (`src`) packed into a dir store (`store`) as `img`.
 fn tree_packed_to_dir_store() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -89,144 +77,6 @@ fn tree_packed_to_dir_store() -> (tempfile::TempDir, PathBuf, PathBuf) {
         &img,
     );
     (tmp, src, img)
-}
-
-fn is_mounted(mnt: &Path) -> bool {
-    let parent = mnt.parent().expect("parent");
-    match (fs::metadata(mnt), fs::metadata(parent)) {
-        (Ok(a), Ok(b)) => a.dev() != b.dev(),
-        (Err(e), _) => e.raw_os_error() == Some(libc::ENOTCONN),
-        _ => false,
-    }
-}
-
-/// Whether the mount at `mnt` lost its daemon (statfs always reaches the filesystem; stat may be cached).
-fn is_stale(mnt: &Path) -> bool {
-    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).expect("path");
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
-}
-
-fn force_unmount(mnt: &Path) {
-    if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-/// A foreground `thinnode mount` child; SIGTERMed (and the mount detached if still there) on drop.
-struct Mounted {
-    child: ChildGuard,
-    mnt: PathBuf,
-    metrics: SocketAddr,
-    log: PathBuf,
-}
-
-impl Mounted {
-    fn start(image: &Path, mnt: &Path, cache: &Path, extra: &[&str]) -> Mounted {
-        fs::create_dir_all(mnt).expect("mkdir mnt");
-        let metrics: SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
-            .parse()
-            .expect("addr");
-        let log = mnt.with_extension("log");
-        let log_file = File::create(&log).expect("log");
-        let child = Command::new(BIN)
-            .arg("mount")
-            .arg(image)
-            .arg(mnt)
-            .arg("--cache")
-            .arg(cache)
-            .arg("--metrics")
-            .arg(metrics.to_string())
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .expect("spawn mount");
-        let mut m = Mounted {
-            child: ChildGuard::new(child),
-            mnt: mnt.to_path_buf(),
-            metrics,
-            log,
-        };
-        let start = Instant::now();
-        // Foreground mode logs "ready in" once the mount answers (the mountpoint may still hold a stale
-        // mount before that, which looks mounted to stat).
-        while !(m.log_text().contains("ready in") && is_mounted(mnt) && !is_stale(mnt)) {
-            let exited =
-                unsafe { libc::waitpid(m.child.pid() as i32, std::ptr::null_mut(), libc::WNOHANG) };
-            if exited != 0 || start.elapsed() > Duration::from_secs(20) {
-                m.child.kill();
-                panic!("mount did not come up: {}", m.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        m
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        let mut s = TcpStream::connect(self.metrics).expect("connect metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expect("write");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read");
-        body.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                (k == name).then(|| v.trim().parse::<f64>().ok()).flatten()
-            })
-            .unwrap_or_else(|| panic!("metric {name} missing in:\n{body}"))
-    }
-
-    /// SIGTERM; returns whether the daemon exited successfully and the mount is gone.
-    fn stop(&mut self) -> bool {
-        let status = self.child.terminate(Duration::from_secs(10));
-        let ok = status.is_some_and(|s| s.success()) && !is_mounted(&self.mnt);
-        if is_mounted(&self.mnt) {
-            force_unmount(&self.mnt);
-        }
-        ok
-    }
-}
-
-/// Detaches whatever is mounted at the path when dropped (cleanup for tests that leave stale mounts).
-struct DetachOnDrop(PathBuf);
-
-impl Drop for DetachOnDrop {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            force_unmount(&self.0);
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn read_all_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).expect("readdir") {
-            let p = e.expect("entry").path();
-            let m = fs::symlink_metadata(&p).expect("lstat");
-            if m.is_dir() {
-                stack.push(p);
-            } else if m.is_file() {
-                let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
-                out.insert(rel, fs::read(&p).expect("read file"));
-            }
-        }
-    }
-    out
 }
 
 /// Compares every entry under `src` with the same path under `mnt`: type, mode, owner, size, mtime,
@@ -304,23 +154,6 @@ fn assert_same_tree(src: &Path, mnt: &Path) {
     assert!(checked > 30, "only {checked} entries compared");
 }
 
-fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let m = e.metadata().expect("stat");
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                total += m.len();
-            }
-        }
-    }
-    total
-}
-
 #[test]
 fn mount_from_zdb_matches_source_tree_and_random_reads() {
     if !fuse_available("mount_from_zdb_matches_source_tree_and_random_reads") {
@@ -388,20 +221,6 @@ fn mount_from_zdb_matches_source_tree_and_random_reads() {
     assert!(m.stop(), "SIGTERM must unmount cleanly: {}", m.log_text());
 }
 
-fn read_at_full(f: &File, buf: &mut [u8], off: u64) -> usize {
-    let mut done = 0;
-    while done < buf.len() {
-        match f
-            .read_at(&mut buf[done..], off + done as u64)
-            .expect("pread")
-        {
-            0 => break,
-            n => done += n,
-        }
-    }
-    done
-}
-
 #[test]
 fn remount_reuses_cache_with_zero_store_reads_then_passthrough() {
     if !fuse_available("remount_reuses_cache_with_zero_store_reads_then_passthrough") {
@@ -422,26 +241,28 @@ fn remount_reuses_cache_with_zero_store_reads_then_passthrough() {
     assert!(first.metric("thinnode_mount_chunks_fetched_total") > 0.0);
     assert!(first.stop(), "{}", first.log_text());
 
-    let second = Mounted::start(&img, &mnt, &cache, &[]);
+    // Every file the first mount read whole was sealed in the host cache: the second mount serves
+    // each from its first open by passthrough, with no store read.
+    let mut second = Mounted::start(&img, &mnt, &cache, &[]);
+    assert_eq!(read_all_files(&mnt), want);
+    assert_eq!(second.metric("thinnode_mount_chunks_fetched_total"), 0.0);
+    let non_empty = want.values().filter(|v| !v.is_empty()).count() as f64;
+    assert!(
+        second.metric("thinnode_mount_passthrough_opens_total") >= non_empty,
+        "{}",
+        second.log_text()
+    );
+    assert!(second.stop(), "{}", second.log_text());
+
+    // Without passthrough the daemon serves the same bytes from the cache files, still with no store
+    // read.
+    let second = Mounted::start(&img, &mnt, &cache, &["--no-passthrough"]);
     assert_eq!(read_all_files(&mnt), want);
     assert_eq!(second.metric("thinnode_mount_chunks_fetched_total"), 0.0);
     assert!(second.metric("thinnode_mount_cache_hits_total") > 0.0);
-
-    // The big file is fully cached: it gets assembled, then later opens go through passthrough.
-    let start = Instant::now();
-    loop {
-        let content = fs::read(mnt.join("db/big.bin")).expect("read");
-        assert!(content == want[Path::new("db/big.bin")]);
-        if second.metric("thinnode_mount_passthrough_opens_total") > 0.0 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no passthrough open: {}",
-            second.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_eq!(second.metric("thinnode_mount_passthrough_opens_total"), 0.0);
+    drop(second);
+    let _third = Mounted::start(&img, &mnt, &cache, &[]);
     // Random reads through the passthrough file are still exact.
     let f = File::open(mnt.join("db/big.bin")).expect("open");
     let mut buf = vec![0u8; 10_000];
@@ -576,10 +397,10 @@ fn eviction_keeps_cache_under_limit() {
     let want = read_all_files(&src);
     assert_eq!(read_all_files(&m.mnt), want);
     let start = Instant::now();
-    let mut size = dir_size(&cache.join("chunks")) + dir_size(&cache.join("files"));
+    let mut size = disk_usage(&cache.join("v2"));
     while size > limit && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
-        size = dir_size(&cache.join("chunks")) + dir_size(&cache.join("files"));
+        size = disk_usage(&cache.join("v2"));
     }
     assert!(size <= limit, "cache holds {size} bytes, limit {limit}");
     assert!(size > 0, "the cache should keep the most recent chunks");

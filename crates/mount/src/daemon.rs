@@ -26,8 +26,6 @@ use crate::trace::{TraceError, TraceRecorder};
 
 /// Where running mounts leave their records.
 pub const RUN_DIR: &str = "/run/thinnode/mounts";
-/// Upper bound on decoded chunks a mount keeps in memory to cover its readahead window.
-const MAX_MEMORY_CHUNKS: usize = 256;
 /// How long an unmount waits for the FUSE session of a busy (lazily detached) mount to end.
 const SESSION_END_GRACE: Duration = Duration::from_secs(5);
 /// The kernel readahead set on every mount, in KiB (makes 1 MiB read requests).
@@ -100,7 +98,7 @@ pub struct MountConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Record an access trace here.
     pub record_trace: Option<PathBuf>,
-    /// Serve fully cached files with FUSE passthrough.
+    /// Serve sealed (complete, verified) files with FUSE passthrough.
     pub passthrough: bool,
     /// FUSE request threads (each can wait on one fetch).
     pub fuse_threads: usize,
@@ -453,14 +451,12 @@ impl MountedImage {
             ),
             None => None,
         };
-        // Chunks fetched ahead must still be in memory when the reader reaches them; otherwise every
-        // sequential read would go back to the host cache (the disk) for bytes fetched moments ago.
-        let mut fetch = config.fetch.clone();
-        let window = usize::try_from(config.readahead_chunks).unwrap_or(usize::MAX);
-        fetch.memory_chunks = fetch
-            .memory_chunks
-            .max(window.saturating_add(window / 2).min(MAX_MEMORY_CHUNKS));
-        let fetcher = Arc::new(Fetcher::new(stores, cache, Arc::clone(&metrics), fetch));
+        let fetcher = Arc::new(Fetcher::new(
+            stores,
+            cache,
+            Arc::clone(&metrics),
+            config.fetch.clone(),
+        ));
         let trace = match &config.record_trace {
             Some(p) => Some(TraceRecorder::create(p)?),
             None => None,

@@ -1,11 +1,20 @@
-//! The base-read engine: `read(ino, offset, len)` over an image, from cache or store, independent of
-//! FUSE (the FUSE adapter in [`crate::fs`] and future write layers sit on top of it).
+//! The base-read engine: reads of an image's files, from their host-cache files or the stores,
+//! independent of FUSE (the FUSE adapter in [`crate::fs`] and the blocks write layer sit on top of it).
+//!
+//! A file is opened once per user ([`BaseReader::open`] → [`OpenFile`]): that finds (or creates) its
+//! host-cache file. A read takes present chunks from the cache file (one `pread`, direct I/O) and asks the
+//! [`Fetcher`] for the others, which writes them into the cache file on the way.
 
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use image::{ChunkRef, ImageError, ImageManifest, Ino};
+use image::{ChunkRef, FileKind, ImageError, ImageManifest, Ino};
+use parking_lot::Mutex;
 
-use crate::fetch::{ChunkBytes, FetchError, Fetcher};
+use crate::cache::CacheError;
+use crate::cache_file::{AlignedBuf, CacheFile, SealOutcome};
+use crate::fetch::{ChunkBytes, Dest, FetchError, Fetcher};
 use crate::trace::TraceRecorder;
 
 /// How far (bytes) a read may land from where the previous one ended and still count as sequential.
@@ -17,6 +26,9 @@ pub enum ReadError {
     /// The image metadata could not answer (unknown inode, damaged manifest).
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The file's host-cache file could not be opened.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     /// A chunk could not be produced.
     #[error("inode {ino} offset {offset}: {error}")]
     Chunk {
@@ -46,6 +58,37 @@ pub struct ReadState {
     prefetched_until: u64,
 }
 
+/// A regular file of the image opened for reading: its size and its host-cache file.
+#[derive(Debug)]
+pub struct OpenFile {
+    ino: Ino,
+    size: u64,
+    /// `None` for an empty file (nothing to cache).
+    cache: Option<Arc<CacheFile>>,
+}
+
+impl OpenFile {
+    /// The file's inode in the image.
+    pub fn ino(&self) -> Ino {
+        self.ino
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The file's host-cache file (none for an empty file).
+    pub fn cache_file(&self) -> Option<&Arc<CacheFile>> {
+        self.cache.as_ref()
+    }
+
+    /// Whether the whole file is in its host-cache file, verified and sealed (passthrough-ready).
+    pub fn is_sealed(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.check_sealed())
+    }
+}
+
 /// Reads file bytes of one image. Share with `Arc`.
 #[derive(Debug)]
 pub struct BaseReader {
@@ -54,6 +97,7 @@ pub struct BaseReader {
     chunk_size: u64,
     readahead_chunks: u64,
     trace: Option<TraceRecorder>,
+    sealer: Arc<Sealer>,
 }
 
 impl BaseReader {
@@ -72,6 +116,7 @@ impl BaseReader {
             chunk_size,
             readahead_chunks,
             trace,
+            sealer: Arc::new(Sealer::default()),
         }
     }
 
@@ -85,95 +130,168 @@ impl BaseReader {
         &self.fetcher
     }
 
+    /// The chunk size of the image in bytes.
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    /// Opens regular file `ino` for reading (finds or creates its host-cache file). A file whose
+    /// chunks are all present but not sealed yet is verified and sealed in the background, so a later
+    /// open can use passthrough.
+    pub fn open(&self, ino: Ino) -> Result<Arc<OpenFile>, ReadError> {
+        let inode = self.manifest.getattr(ino)?;
+        if inode.kind != FileKind::Regular {
+            return Err(ReadError::Image(ImageError::Invalid(format!(
+                "inode {ino} is not a regular file"
+            ))));
+        }
+        if inode.size == 0 {
+            return Ok(Arc::new(OpenFile {
+                ino,
+                size: 0,
+                cache: None,
+            }));
+        }
+        let chunks = self.manifest.file_chunks(ino)?;
+        let cache = self
+            .fetcher
+            .cache()
+            .open_file(inode.size, self.chunk_size, &chunks)?;
+        if !cache.check_sealed() && cache.is_complete_on_disk().unwrap_or(false) {
+            self.sealer.queue(
+                Arc::clone(&cache),
+                chunks,
+                Arc::clone(self.fetcher.metrics()),
+            );
+        }
+        Ok(Arc::new(OpenFile {
+            ino,
+            size: inode.size,
+            cache: Some(cache),
+        }))
+    }
+
     /// Reads up to `len` bytes at `offset` of file `ino` (fewer at end of file), without readahead.
     pub fn read(&self, ino: Ino, offset: u64, len: usize) -> Result<ChunkBytes, ReadError> {
-        self.read_inner(ino, offset, len, None)
+        let file = self.open(ino)?;
+        let mut buf = AlignedBuf::new();
+        let len = len.min(file.size.saturating_sub(offset) as usize);
+        let space = &mut buf.slice_mut(crate::cache_file::direct_io_len(len))[..len];
+        let n = self.read_into(&file, offset, space, None)?;
+        Ok(ChunkBytes::Owned(space[..n].to_vec()))
     }
 
-    /// Like [`read`](Self::read), and detects sequential access in `state` (one per open file),
-    /// prefetching the following chunks in the background when the reads are sequential.
-    pub fn read_sequential(
+    /// Reads bytes of `file` at `offset` into `buf` (fewer at end of file; returns how many). With a
+    /// `state` (one per open file), sequential reads get the following chunks prefetched. An aligned
+    /// `buf` whose length is a multiple of the page size is read into with direct I/O.
+    pub fn read_into(
         &self,
-        ino: Ino,
+        file: &OpenFile,
         offset: u64,
-        len: usize,
-        state: &Mutex<ReadState>,
-    ) -> Result<ChunkBytes, ReadError> {
-        self.read_inner(ino, offset, len, Some(state))
-    }
-
-    fn read_inner(
-        &self,
-        ino: Ino,
-        offset: u64,
-        len: usize,
+        buf: &mut [u8],
         state: Option<&Mutex<ReadState>>,
-    ) -> Result<ChunkBytes, ReadError> {
-        let size = self.manifest.getattr(ino)?.size;
-        if offset >= size || len == 0 {
-            return Ok(ChunkBytes::Owned(Vec::new()));
+    ) -> Result<usize, ReadError> {
+        let (ino, size) = (file.ino, file.size);
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
         }
-        let end = offset.saturating_add(len as u64).min(size);
+        let Some(cache) = &file.cache else {
+            return Ok(0);
+        };
+        let end = offset.saturating_add(buf.len() as u64).min(size);
+        let total = (end - offset) as usize;
         let cs = self.chunk_size;
-        let first = offset / cs;
-        let last = (end - 1) / cs;
-        let mut refs: Vec<Option<ChunkRef>> = Vec::with_capacity((last - first + 1) as usize);
-        for index in first..=last {
-            let r = self.manifest.chunk(ino, index)?;
-            if let (Some(t), Some(r)) = (&self.trace, &r) {
-                t.record(ino, index, &r.id);
-            }
-            refs.push(r);
-        }
+        let (first, last) = (offset / cs, (end - 1) / cs);
         if let Some(state) = state {
             // Held only while deciding what to prefetch: concurrent reads of one handle proceed.
-            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-            self.readahead(ino, offset, end, size, &mut state);
+            let mut state = state.lock();
+            self.readahead(file, cache, offset, end, &mut state);
         }
-        if refs.len() > 1 {
-            // Fetch every chunk of a multi-chunk read at once rather than one after another.
-            let present: Vec<ChunkRef> = refs.iter().flatten().copied().collect();
-            self.fetcher.prefetch(&present);
+        if last > first {
+            // Fetch every missing chunk of a multi-chunk read at once rather than one after another.
+            let mut items = Vec::new();
+            for index in first..=last {
+                if let Ok(Some(r)) = self.manifest.chunk(ino, index) {
+                    items.push((r, dest(cache, index)));
+                }
+            }
+            self.fetcher.prefetch(&items);
         }
-        let mut pieces: Vec<ChunkBytes> = Vec::with_capacity(refs.len());
+        let metrics = self.fetcher.metrics();
         let mut pos = offset;
-        for r in refs {
+        let mut done = 0usize;
+        while done < total {
+            let index = pos / cs;
             let within = pos % cs;
-            let n = (cs - within).min(end - pos) as usize;
-            match r {
-                None => pieces.push(ChunkBytes::Owned(vec![0; n])),
+            let n = ((cs - within).min(end - pos)) as usize;
+            let out = &mut buf[done..done + n];
+            match self.manifest.chunk(ino, index)? {
+                None => out.fill(0),
                 Some(r) => {
-                    let bytes =
-                        self.fetcher
-                            .read(&r, within, n)
-                            .map_err(|error| ReadError::Chunk {
-                                ino,
-                                offset: pos,
-                                error,
-                            })?;
-                    if bytes.len() != n {
-                        return Err(ReadError::ShortChunk { ino, offset: pos });
+                    if let Some(t) = &self.trace {
+                        t.record(ino, index, &r.id);
                     }
-                    pieces.push(bytes);
+                    self.read_chunk(cache, ino, index, &r, pos, within, out)?;
                 }
             }
             pos += n as u64;
+            done += n;
         }
-        self.fetcher.metrics().bytes_read.inc_by(end - offset);
-        // One piece (the common case: a read inside one chunk) is handed over without copying.
-        if pieces.len() == 1 {
-            if let Some(piece) = pieces.pop() {
-                return Ok(piece);
-            }
-        }
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        for piece in &pieces {
-            out.extend_from_slice(piece);
-        }
-        Ok(ChunkBytes::Owned(out))
+        metrics.bytes_read.inc_by(total as u64);
+        Ok(total)
     }
 
-    fn readahead(&self, ino: Ino, offset: u64, end: u64, size: u64, state: &mut ReadState) {
+    /// Fills `out` with the bytes at `within` of chunk `index` (reference `r`, at file offset `pos`):
+    /// from the cache file, else fetched into it.
+    #[allow(clippy::too_many_arguments)]
+    fn read_chunk(
+        &self,
+        cache: &Arc<CacheFile>,
+        ino: Ino,
+        index: u64,
+        r: &ChunkRef,
+        pos: u64,
+        within: u64,
+        out: &mut [u8],
+    ) -> Result<(), ReadError> {
+        match cache.read_into(index, r, within, out) {
+            Ok(true) => {
+                self.fetcher.metrics().cache_hits.inc();
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                "reading {}: {e}; fetching chunk {index} again",
+                cache.data_path().display()
+            ),
+        }
+        let plain = self
+            .fetcher
+            .get(r, Some(dest(cache, index)))
+            .map_err(|error| ReadError::Chunk {
+                ino,
+                offset: pos,
+                error,
+            })?;
+        let start = within as usize;
+        let piece = plain.get(start..start + out.len());
+        match piece {
+            Some(piece) => {
+                out.copy_from_slice(piece);
+                Ok(())
+            }
+            None => Err(ReadError::ShortChunk { ino, offset: pos }),
+        }
+    }
+
+    fn readahead(
+        &self,
+        file: &OpenFile,
+        cache: &Arc<CacheFile>,
+        offset: u64,
+        end: u64,
+        state: &mut ReadState,
+    ) {
         // The kernel issues readahead asynchronously, so sequential reads may arrive slightly out of
         // order: anything near the expected offset counts as sequential.
         if offset.abs_diff(state.next_offset) <= SEQUENTIAL_SLACK {
@@ -189,26 +307,86 @@ impl BaseReader {
             return;
         }
         let cs = self.chunk_size;
-        let chunk_count = size.div_ceil(cs);
+        let chunk_count = file.size.div_ceil(cs);
         let from = ((end - 1) / cs + 1).max(state.prefetched_until);
         let to = ((end - 1) / cs + 1 + self.readahead_chunks).min(chunk_count);
         if from >= to {
             return;
         }
-        let mut refs = Vec::new();
+        let mut items = Vec::new();
         for index in from..to {
-            match self.manifest.chunk(ino, index) {
-                Ok(Some(r)) => refs.push(r),
+            match self.manifest.chunk(file.ino, index) {
+                Ok(Some(r)) => items.push((r, dest(cache, index))),
                 Ok(None) => {}
                 Err(_) => break,
             }
         }
         state.prefetched_until = to;
-        self.fetcher.prefetch(&refs);
+        self.fetcher.prefetch(&items);
     }
+}
 
-    /// The chunk size of the image in bytes.
-    pub fn chunk_size(&self) -> u64 {
-        self.chunk_size
+fn dest(cache: &Arc<CacheFile>, index: u64) -> Dest {
+    Dest {
+        file: Arc::clone(cache),
+        index,
+    }
+}
+
+/// A cache file to seal and its chunk list.
+type SealJob = (Arc<CacheFile>, Vec<Option<ChunkRef>>);
+
+/// Verifies and seals complete cache files in the background, one thread at a time (started when
+/// there is work, gone when there is none).
+#[derive(Debug, Default)]
+struct Sealer {
+    queue: Mutex<VecDeque<SealJob>>,
+    running: AtomicBool,
+}
+
+impl Sealer {
+    fn queue(
+        self: &Arc<Self>,
+        file: Arc<CacheFile>,
+        chunks: Vec<Option<ChunkRef>>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) {
+        {
+            let mut q = self.queue.lock();
+            if q.iter().any(|(f, _)| Arc::ptr_eq(f, &file)) {
+                return;
+            }
+            q.push_back((file, chunks));
+        }
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("cache-seal".into())
+            .spawn(move || loop {
+                let next = me.queue.lock().pop_front();
+                let Some((file, chunks)) = next else {
+                    me.running.store(false, Ordering::Release);
+                    // Work queued between the pop and the store would be left behind: look again.
+                    if me.queue.lock().is_empty() || me.running.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                    continue;
+                };
+                match file.seal_with(&chunks) {
+                    Ok(SealOutcome::Sealed) => {
+                        metrics.files_sealed.inc();
+                    }
+                    Ok(SealOutcome::Incomplete { missing }) => tracing::info!(
+                        "{}: {missing} chunk(s) did not verify; they are fetched again on use",
+                        file.data_path().display()
+                    ),
+                    Err(e) => tracing::warn!("sealing {}: {e}", file.data_path().display()),
+                }
+            });
+        if spawned.is_err() {
+            self.running.store(false, Ordering::Release);
+        }
     }
 }

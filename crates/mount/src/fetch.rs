@@ -1,23 +1,36 @@
-//! The fetcher: turns a [`ChunkRef`] into verified plaintext, from memory, the host cache or a store.
+//! The fetcher: turns a [`ChunkRef`] into verified plaintext and stores it in the host-cache files that
+//! want it.
 //!
-//! - Single flight: concurrent misses on one chunk share one store request.
+//! - Single flight: concurrent misses on one chunk (from any file) share one store request; every
+//!   cache file waiting for the chunk ([`Dest`]) gets it written, the first by a write and the others
+//!   by a reflink of the first where the filesystem has them.
+//! - Local copies first: a chunk that another host-cache file holds (the host-wide chunk index says
+//!   where) is read from there, checked against its key and copied, instead of fetched.
 //! - Worker pool: store requests run on worker threads, demand reads before readahead; a reader waits at
 //!   most the configured timeout, so a hung store yields `Timeout` (EIO) instead of a hung read.
 //! - Retries with exponential backoff while the store errors, bounded by the timeout.
 //! - Every fetched object is verified and decoded by [`image::decode_chunk`] before anyone sees it or it
 //!   enters the cache.
 //! - An optional token-bucket limit on fetched bytes per second (for background hydration).
+//!
+//! Readers get the decoded chunk as soon as it is verified; the cache writes follow on the worker
+//! thread, and the flight stays registered until they are done, so a reader arriving meanwhile joins
+//! it instead of fetching again. No decoded chunk is kept once its flight is over: the cache file is
+//! the buffer.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select_biased, unbounded, Receiver, Sender};
 use image::{ChunkRef, DecodedChunk};
+use parking_lot::{Condvar, Mutex};
 use store::{ChunkId, ChunkStore};
 
 use crate::cache::HostCache;
+use crate::cache_file::{CacheFile, Filled};
 use crate::metrics::Metrics;
 
 /// Why a chunk could not be produced. Cloneable: one failure is handed to every waiter of a flight.
@@ -55,9 +68,6 @@ pub enum FetchError {
     /// The fetcher is shutting down.
     #[error("fetcher stopped")]
     Stopped,
-    /// The host cache failed to read.
-    #[error("{0}")]
-    Cache(String),
 }
 
 /// Settings of a [`Fetcher`].
@@ -71,8 +81,6 @@ pub struct FetchConfig {
     pub initial_backoff: Duration,
     /// Chunks per store request for readahead and hydration.
     pub batch_chunks: usize,
-    /// Decoded chunks kept in memory (most recent first).
-    pub memory_chunks: usize,
     /// Cap on fetched (stored) bytes per second; `None` for no cap.
     pub rate_limit: Option<u64>,
 }
@@ -84,15 +92,23 @@ impl Default for FetchConfig {
             timeout: Duration::from_secs(10),
             initial_backoff: Duration::from_millis(50),
             batch_chunks: 4,
-            memory_chunks: 32,
             rate_limit: None,
         }
     }
 }
 
+/// Where a chunk goes: chunk `index` of the host-cache file `file`.
+#[derive(Clone, Debug)]
+pub struct Dest {
+    /// The cache file.
+    pub file: Arc<CacheFile>,
+    /// The chunk's index in it.
+    pub index: u64,
+}
+
 type FlightResult = Result<Arc<DecodedChunk>, FetchError>;
 
-/// Bytes read from a chunk: owned, or a range of a decoded chunk shared with the fetcher's memory.
+/// Bytes read from a chunk: owned, or a range of a decoded chunk shared with a flight.
 #[derive(Clone, Debug)]
 pub enum ChunkBytes {
     /// Bytes of their own.
@@ -125,8 +141,12 @@ impl ChunkBytes {
 #[derive(Default)]
 struct FlightState {
     result: Option<FlightResult>,
-    /// The outcome is final and, when it is a success, the chunk is in the host cache.
+    /// The outcome is final and, when it is a success, every destination was written.
     settled: bool,
+    /// Cache files waiting for the chunk.
+    dests: Vec<Dest>,
+    /// The worker took `dests`: later joiners write their destination themselves.
+    dests_taken: bool,
 }
 
 /// One in-progress fetch of one chunk; every reader that misses on the chunk waits on it.
@@ -137,74 +157,64 @@ struct Flight {
 }
 
 impl Flight {
-    /// Publishes the outcome to readers (the chunk may not be cached yet).
+    /// Publishes the outcome to readers (the cache files may not be written yet).
     fn complete(&self, r: FlightResult) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.lock();
         if st.result.is_none() {
             st.result = Some(r);
         }
         self.changed.notify_all();
     }
 
-    /// Marks the flight finished (chunk cached on success), publishing `r` if nothing was yet.
+    /// Marks the flight finished, publishing `r` if nothing was yet.
     fn settle(&self, r: FlightResult) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.lock();
         if st.result.is_none() {
             st.result = Some(r);
         }
         st.settled = true;
+        st.dests_taken = true;
         self.changed.notify_all();
+    }
+
+    /// The destinations to write, once (later joiners write their own).
+    fn take_dests(&self) -> Vec<Dest> {
+        let mut st = self.state.lock();
+        st.dests_taken = true;
+        std::mem::take(&mut st.dests)
     }
 
     /// Waits for the outcome (or until it is settled, with `settled`), at most `timeout`.
     fn wait_for(&self, id: ChunkId, timeout: Duration, settled: bool) -> FlightResult {
         let deadline = Instant::now() + timeout;
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.lock();
         loop {
             if st.settled || !settled {
                 if let Some(r) = st.result.as_ref() {
                     return r.clone();
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if self.changed.wait_until(&mut st, deadline).timed_out() {
+                if st.settled || !settled {
+                    if let Some(r) = st.result.as_ref() {
+                        return r.clone();
+                    }
+                }
                 return Err(FetchError::Timeout { id, after: timeout });
             }
-            st = self
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
     }
-
-    fn wait(&self, id: ChunkId, timeout: Duration) -> FlightResult {
-        self.wait_for(id, timeout, false)
-    }
-
-    fn wait_settled(&self, id: ChunkId, timeout: Duration) -> FlightResult {
-        self.wait_for(id, timeout, true)
-    }
 }
 
-type FlightTable = Arc<Mutex<HashMap<ChunkId, Arc<Flight>>>>;
-
-/// Decoded chunks handed to the cache writers and not yet written.
-type PendingWrites = Arc<std::sync::atomic::AtomicUsize>;
-
-/// Removes the flight of `id` from `flights` and settles it with `result`.
-fn settle_flight(flights: &FlightTable, id: &ChunkId, result: FlightResult) {
-    let flight = flights.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-    if let Some(f) = flight {
-        f.settle(result);
-    }
+/// How a caller joined a flight.
+struct Joined {
+    flight: Arc<Flight>,
+    /// The caller created the flight and must get it fetched.
+    new: bool,
+    /// The caller's destination, when the flight's writes were already handed out: the caller writes
+    /// it from the result.
+    late: Option<Dest>,
 }
-
-/// Chunks waiting to be written to the host cache, at most this many (back-pressure on fetching).
-const CACHE_WRITE_QUEUE: usize = 64;
-/// Threads writing fetched chunks to the host cache (16 measured best on a cold read: fewer let fetched
-/// chunks queue behind the writers; see docs/benchmarks.md, mount section).
-const CACHE_WRITERS: usize = 16;
 
 /// Token bucket over bytes.
 struct RateLimiter {
@@ -223,7 +233,7 @@ impl RateLimiter {
     /// Takes `bytes` tokens, sleeping as long as the bucket is in debt.
     fn acquire(&self, bytes: u64) {
         let wait = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = self.state.lock();
             let now = Instant::now();
             let burst = self.bytes_per_sec / 4.0;
             let refill = now.duration_since(st.1).as_secs_f64() * self.bytes_per_sec;
@@ -246,12 +256,10 @@ struct Core {
     cache: Arc<HostCache>,
     metrics: Arc<Metrics>,
     config: FetchConfig,
-    flights: FlightTable,
-    recent: Mutex<VecDeque<(ChunkId, Arc<DecodedChunk>)>>,
+    flights: Mutex<HashMap<ChunkId, Arc<Flight>>>,
     limiter: Option<RateLimiter>,
-    /// Hands decoded chunks to the cache writers, so fetch workers do not wait on the disk.
-    cache_writes: Option<Sender<(ChunkRef, Arc<DecodedChunk>)>>,
-    pending_writes: PendingWrites,
+    /// Chunks delivered whose cache writes are not done yet.
+    writing: AtomicUsize,
 }
 
 /// Produces verified plaintext chunks; see the module docs. Share with `Arc`.
@@ -272,7 +280,7 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher reading from `stores` (tried in order) through `cache`, starting its worker threads.
+    /// A fetcher reading from `stores` (tried in order) into `cache`, starting its worker threads.
     pub fn new(
         stores: Vec<Arc<dyn ChunkStore>>,
         cache: Arc<HostCache>,
@@ -280,40 +288,14 @@ impl Fetcher {
         config: FetchConfig,
     ) -> Fetcher {
         let limiter = config.rate_limit.map(RateLimiter::new);
-        let flights: FlightTable = Arc::new(Mutex::new(HashMap::new()));
-        let (write_tx, write_rx) =
-            crossbeam_channel::bounded::<(ChunkRef, Arc<DecodedChunk>)>(CACHE_WRITE_QUEUE);
-        let pending_writes: PendingWrites = Arc::default();
-        let mut writers = 0;
-        for i in 0..CACHE_WRITERS {
-            let (cache, flights, rx) = (Arc::clone(&cache), Arc::clone(&flights), write_rx.clone());
-            let pending = Arc::clone(&pending_writes);
-            let spawned = std::thread::Builder::new()
-                .name(format!("cache-write-{i}"))
-                .spawn(move || {
-                    for (r, plain) in rx {
-                        if let Err(e) = cache.insert(&r.id, &plain) {
-                            tracing::warn!("cannot cache chunk {}: {e}", r.id);
-                        }
-                        settle_flight(&flights, &r.id, Ok(plain));
-                        pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                });
-            match spawned {
-                Ok(_) => writers += 1,
-                Err(e) => tracing::error!("cannot start cache writer: {e}"),
-            }
-        }
         let core = Arc::new(Core {
             stores,
             cache,
             metrics,
             config,
-            flights,
-            recent: Mutex::new(VecDeque::new()),
+            flights: Mutex::new(HashMap::new()),
             limiter,
-            cache_writes: (writers > 0).then_some(write_tx),
-            pending_writes,
+            writing: AtomicUsize::new(0),
         });
         let (demand_tx, demand_rx) = unbounded::<Vec<ChunkRef>>();
         let (prefetch_tx, prefetch_rx) = unbounded::<Vec<ChunkRef>>();
@@ -352,17 +334,17 @@ impl Fetcher {
         &self.core.cache
     }
 
-    /// Waits (at most `timeout`) until every fetched chunk handed to the cache writers is written.
-    /// Returns whether the queue drained. Call before exiting so fetched chunks are not lost.
+    /// The metrics this fetcher updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.core.metrics
+    }
+
+    /// Waits (at most `timeout`) until every delivered chunk is written to its cache files. Returns
+    /// whether they all were. Call before exiting so fetched chunks are not lost.
     pub fn flush_cache_writes(&self, timeout: Duration) -> bool {
         let start = Instant::now();
         loop {
-            if self
-                .core
-                .pending_writes
-                .load(std::sync::atomic::Ordering::SeqCst)
-                == 0
-            {
+            if self.core.writing.load(Ordering::SeqCst) == 0 {
                 return true;
             }
             if start.elapsed() >= timeout {
@@ -372,72 +354,33 @@ impl Fetcher {
         }
     }
 
-    /// The metrics this fetcher updates.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.core.metrics
-    }
-
-    /// Reads `len` bytes at `offset` within chunk `r` (fewer at the chunk's end). Bytes of a chunk held in
-    /// memory are shared, not copied.
-    pub fn read(&self, r: &ChunkRef, offset: u64, len: usize) -> Result<ChunkBytes, FetchError> {
-        let shared = |data: Arc<DecodedChunk>| -> ChunkBytes {
-            let start = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .min(data.len());
-            let end = start.saturating_add(len).min(data.len());
-            ChunkBytes::Shared(data, start..end)
-        };
-        if let Some(data) = self.core.recent_get(&r.id) {
-            self.core.metrics.cache_hits.inc();
-            return Ok(shared(data));
-        }
-        match self.core.cache.read(&r.id, r.plain_len, offset, len) {
-            Ok(Some(bytes)) => {
-                self.core.metrics.cache_hits.inc();
-                return Ok(ChunkBytes::Owned(bytes));
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!("{e}; fetching chunk {} from the store", r.id),
-        }
-        let data = self.fetch(r)?;
-        Ok(shared(data))
-    }
-
-    /// The whole plaintext of chunk `r`.
-    pub fn get(&self, r: &ChunkRef) -> Result<Arc<DecodedChunk>, FetchError> {
-        if let Some(data) = self.core.recent_get(&r.id) {
-            self.core.metrics.cache_hits.inc();
-            return Ok(data);
-        }
-        if let Ok(Some(bytes)) = self
-            .core
-            .cache
-            .read(&r.id, r.plain_len, 0, r.plain_len as usize)
-        {
-            self.core.metrics.cache_hits.inc();
-            return Ok(Arc::new(bytes.into()));
-        }
-        self.fetch(r)
-    }
-
-    /// Fetches `r` from a store (joining an in-flight fetch of it) and waits for the result.
-    fn fetch(&self, r: &ChunkRef) -> FlightResult {
+    /// The whole verified plaintext of chunk `r`, fetched from a store (or copied from another cache
+    /// file), and written into `dest` on the way when given. The caller found it missing from `dest`.
+    pub fn get(&self, r: &ChunkRef, dest: Option<Dest>) -> FlightResult {
         self.core.metrics.cache_misses.inc();
-        let (flight, new) = self.core.join_flight(r);
-        if new && self.demand.send(vec![*r]).is_err() {
+        let joined = self.core.join_flight(r, dest);
+        if joined.new && self.demand.send(vec![*r]).is_err() {
             self.core.finish_flight(&r.id, Err(FetchError::Stopped));
         }
-        flight.wait(r.id, self.core.config.timeout)
+        let result = joined
+            .flight
+            .wait_for(r.id, self.core.config.timeout, false);
+        if let (Ok(plain), Some(late)) = (&result, joined.late) {
+            self.core.write_dests(r, plain, vec![late], None);
+        }
+        result
     }
 
-    /// Starts background fetches of those of `refs` that are neither cached nor in flight.
-    pub fn prefetch(&self, refs: &[ChunkRef]) {
+    /// Starts background fetches of those `items` whose destination lacks them and that are not in
+    /// flight yet.
+    pub fn prefetch(&self, items: &[(ChunkRef, Dest)]) {
         let mut todo = Vec::new();
-        for r in refs {
-            if self.core.recent_has(&r.id) || self.core.cache.contains(&r.id, r.plain_len) {
+        for (r, dest) in items {
+            if dest.file.has(dest.index) {
                 continue;
             }
-            if let (_, true) = self.core.join_flight(r) {
+            let joined = self.core.join_flight(r, Some(dest.clone()));
+            if joined.new {
                 todo.push(*r);
             }
         }
@@ -451,95 +394,187 @@ impl Fetcher {
         }
     }
 
-    /// Makes sure every chunk of `refs` is in the host cache, fetching the missing ones in this thread
-    /// (in batches of `batch_chunks`). Returns one result per chunk.
-    pub fn fetch_into_cache(&self, refs: &[ChunkRef]) -> Vec<Result<(), FetchError>> {
+    /// Makes sure every chunk of `items` is in its destination, fetching the missing ones in this
+    /// thread (in batches of `batch_chunks`). Returns one result per item.
+    pub fn fill(&self, items: &[(ChunkRef, Dest)]) -> Vec<Result<(), FetchError>> {
         let mut mine = Vec::new();
-        let mut flights = Vec::with_capacity(refs.len());
-        for r in refs {
-            if self.core.cache.contains(&r.id, r.plain_len) {
-                flights.push(None);
+        let mut joined = Vec::with_capacity(items.len());
+        for (r, dest) in items {
+            if dest.file.has(dest.index) {
+                joined.push(None);
                 continue;
             }
-            let (flight, new) = self.core.join_flight(r);
-            if new {
+            let j = self.core.join_flight(r, Some(dest.clone()));
+            if j.new {
                 mine.push(*r);
             }
-            flights.push(Some(flight));
+            joined.push(Some(j));
         }
         for batch in mine.chunks(self.core.config.batch_chunks.max(1)) {
             self.core.run_job(batch);
         }
-        refs.iter()
-            .zip(flights)
-            .map(|(r, flight)| match flight {
-                None => Ok(()),
-                Some(f) => f.wait_settled(r.id, self.core.config.timeout).map(|_| ()),
+        items
+            .iter()
+            .zip(joined)
+            .map(|((r, _), j)| {
+                let Some(j) = j else { return Ok(()) };
+                let result = j.flight.wait_for(r.id, self.core.config.timeout, true);
+                if let (Ok(plain), Some(late)) = (&result, j.late) {
+                    self.core.write_dests(r, plain, vec![late], None);
+                }
+                result.map(|_| ())
             })
             .collect()
     }
 }
 
 impl Core {
-    fn recent_get(&self, id: &ChunkId) -> Option<Arc<DecodedChunk>> {
-        let recent = self.recent.lock().ok()?;
-        recent
-            .iter()
-            .find(|(k, _)| k == id)
-            .map(|(_, v)| Arc::clone(v))
-    }
-
-    fn recent_has(&self, id: &ChunkId) -> bool {
-        self.recent
-            .lock()
-            .map(|r| r.iter().any(|(k, _)| k == id))
-            .unwrap_or(false)
-    }
-
-    fn recent_put(&self, id: ChunkId, data: Arc<DecodedChunk>) {
-        if self.config.memory_chunks == 0 {
-            return;
-        }
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.iter().any(|(k, _)| *k == id) {
-                return;
-            }
-            recent.push_front((id, data));
-            recent.truncate(self.config.memory_chunks);
-        }
-    }
-
-    /// The flight for `r`, and whether the caller created it (and so must get it fetched).
-    fn join_flight(&self, r: &ChunkRef) -> (Arc<Flight>, bool) {
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+    /// The flight for `r` (created when there is none), with `dest` added to its destinations.
+    fn join_flight(&self, r: &ChunkRef, dest: Option<Dest>) -> Joined {
+        let mut flights = self.flights.lock();
         if let Some(f) = flights.get(&r.id) {
-            return (Arc::clone(f), false);
+            let flight = Arc::clone(f);
+            drop(flights);
+            let mut late = None;
+            if let Some(d) = dest {
+                let mut st = flight.state.lock();
+                if st.dests_taken {
+                    late = Some(d);
+                } else {
+                    st.dests.push(d);
+                }
+            }
+            return Joined {
+                flight,
+                new: false,
+                late,
+            };
         }
-        let f = Arc::new(Flight::default());
-        flights.insert(r.id, Arc::clone(&f));
-        (f, true)
+        let flight = Arc::new(Flight::default());
+        if let Some(d) = dest {
+            flight.state.lock().dests.push(d);
+        }
+        flights.insert(r.id, Arc::clone(&flight));
+        Joined {
+            flight,
+            new: true,
+            late: None,
+        }
     }
 
     fn finish_flight(&self, id: &ChunkId, result: FlightResult) {
-        settle_flight(&self.flights, id, result);
+        let flight = self.flights.lock().remove(id);
+        if let Some(f) = flight {
+            f.settle(result);
+        }
     }
 
     fn flight(&self, id: &ChunkId) -> Option<Arc<Flight>> {
-        self.flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
+        self.flights.lock().get(id).cloned()
     }
 
-    /// Fetches, verifies, caches and completes the flights of `job`.
+    /// Hands verified plaintext `plain` of `r` to its waiters, writes it into every destination, then
+    /// ends the flight. `source` is a cache file already holding it (a local copy), if any.
+    fn deliver(
+        &self,
+        r: &ChunkRef,
+        plain: Arc<DecodedChunk>,
+        source: Option<(Arc<CacheFile>, u64)>,
+    ) {
+        let Some(flight) = self.flight(&r.id) else {
+            return;
+        };
+        self.writing.fetch_add(1, Ordering::SeqCst);
+        flight.complete(Ok(Arc::clone(&plain)));
+        let dests = flight.take_dests();
+        self.write_dests(r, &plain, dests, source);
+        self.finish_flight(&r.id, Ok(plain));
+        self.writing.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Writes verified `plain` of `r` into `dests`: reflinked from `source` (or from the first
+    /// destination written) where the filesystem can, else written.
+    fn write_dests(
+        &self,
+        r: &ChunkRef,
+        plain: &[u8],
+        dests: Vec<Dest>,
+        mut source: Option<(Arc<CacheFile>, u64)>,
+    ) {
+        for d in dests {
+            let cloned = match &source {
+                Some((src, si)) if !Arc::ptr_eq(src, &d.file) => {
+                    d.file.reflink_from(d.index, src, *si).unwrap_or_else(|e| {
+                        tracing::debug!("reflink into {}: {e}", d.file.data_path().display());
+                        None
+                    })
+                }
+                _ => None,
+            };
+            let outcome = match cloned {
+                Some(filled) => Ok(filled),
+                None => d.file.fill(d.index, plain),
+            };
+            match outcome {
+                Ok(Filled::AlreadyPresent) => {}
+                Ok(filled) => {
+                    let new_bytes = if cloned.is_some() {
+                        0
+                    } else {
+                        plain.len() as u64
+                    };
+                    self.cache.stored(r, &d.file, d.index, new_bytes);
+                    if filled == Filled::Sealed {
+                        self.metrics.files_sealed.inc();
+                    }
+                    if source.is_none() {
+                        source = Some((Arc::clone(&d.file), d.index));
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "cannot store chunk {} in {}: {e}",
+                    r.id,
+                    d.file.data_path().display()
+                ),
+            }
+        }
+    }
+
+    /// The verified plaintext of `r` from another host-cache file that holds it, if any.
+    fn local_copy(&self, r: &ChunkRef) -> Option<(Arc<DecodedChunk>, Arc<CacheFile>, u64)> {
+        let entries = match self.cache.index().lookup(&r.id) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!("chunk index lookup of {}: {e}", r.id);
+                return None;
+            }
+        };
+        for e in entries.into_iter().take(4) {
+            let Some(src) = self.cache.existing_file(&e.key) else {
+                continue;
+            };
+            match src.read_chunk(e.index, r) {
+                Ok(Some((buf, range))) => {
+                    let plain = DecodedChunk::from(buf[range].to_vec());
+                    return Some((Arc::new(plain), src, e.index));
+                }
+                Ok(None) => {}
+                Err(err) => tracing::debug!("reading {}: {err}", src.data_path().display()),
+            }
+        }
+        None
+    }
+
+    /// Fetches, verifies, stores and completes the flights of `job`.
     fn run_job(&self, job: &[ChunkRef]) {
-        // A chunk may have reached the cache since the flight was created (another process).
         let mut pending: Vec<ChunkRef> = Vec::with_capacity(job.len());
         for r in job {
-            match self.cache.read(&r.id, r.plain_len, 0, r.plain_len as usize) {
-                Ok(Some(bytes)) => self.finish_flight(&r.id, Ok(Arc::new(bytes.into()))),
-                _ => pending.push(*r),
+            match self.local_copy(r) {
+                Some((plain, src, index)) => {
+                    self.metrics.local_copies.inc();
+                    self.deliver(r, plain, Some((src, index)));
+                }
+                None => pending.push(*r),
             }
         }
         if pending.is_empty() {
@@ -625,35 +660,13 @@ impl Core {
         }
     }
 
-    /// Verifies and decodes one fetched object, publishes it to its waiters, then caches it.
+    /// Verifies and decodes one fetched object, then delivers it.
     fn accept(&self, r: &ChunkRef, stored: &[u8]) {
         self.metrics.bytes_fetched.inc_by(stored.len() as u64);
         match image::decode_chunk(r, stored) {
             Ok(plain) => {
                 self.metrics.chunks_fetched.inc();
-                let plain = Arc::new(plain);
-                // Waiters get the bytes now; the flight stays registered until the cache has them so a
-                // late reader joins it instead of fetching again.
-                if let Some(f) = self.flight(&r.id) {
-                    f.complete(Ok(Arc::clone(&plain)));
-                }
-                self.recent_put(r.id, Arc::clone(&plain));
-                self.pending_writes
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let queued = self
-                    .cache_writes
-                    .as_ref()
-                    .is_some_and(|w| w.send((*r, Arc::clone(&plain))).is_ok());
-                if !queued {
-                    self.pending_writes
-                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                if !queued {
-                    if let Err(e) = self.cache.insert(&r.id, &plain) {
-                        tracing::warn!("cannot cache chunk {}: {e}", r.id);
-                    }
-                    self.finish_flight(&r.id, Ok(plain));
-                }
+                self.deliver(r, Arc::new(plain), None);
             }
             Err(e) => {
                 self.metrics.corrupt_chunks.inc();
@@ -674,8 +687,7 @@ impl Core {
 mod tests {
     use super::*;
     use crate::cache::CacheConfig;
-    use std::collections::HashMap;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
     use store::StoreError;
 
     /// An in-memory store that counts requests, can fail its first `fail_first` requests, and can
@@ -695,25 +707,24 @@ mod tests {
             if n < self.fail_first {
                 return Err(StoreError::InvalidId("simulated outage".into()));
             }
-            Ok(self.objects.lock().expect("lock").get(id).cloned())
+            Ok(self.objects.lock().get(id).cloned())
         }
         fn put(&self, id: &ChunkId, data: &[u8]) -> Result<(), StoreError> {
-            self.objects
-                .lock()
-                .expect("lock")
-                .insert(*id, data.to_vec());
+            self.objects.lock().insert(*id, data.to_vec());
             Ok(())
         }
         fn has(&self, id: &ChunkId) -> Result<bool, StoreError> {
-            Ok(self.objects.lock().expect("lock").contains_key(id))
+            Ok(self.objects.lock().contains_key(id))
         }
         fn public_url(&self) -> String {
             "test://".into()
         }
     }
 
+    const LEN: usize = 65_536;
+
     fn chunk(seed: u8) -> (ChunkRef, Vec<u8>, Vec<u8>) {
-        let plain: Vec<u8> = (0..100_000u32).map(|i| (i as u8) ^ seed).collect();
+        let plain: Vec<u8> = (0..LEN as u32).map(|i| (i as u8) ^ seed).collect();
         let enc = image::encode_chunk(&plain, 1).expect("encode");
         (enc.chunk_ref, enc.stored, plain)
     }
@@ -732,14 +743,36 @@ mod tests {
             FetchConfig {
                 timeout,
                 initial_backoff: Duration::from_millis(10),
-                memory_chunks: 0,
                 ..FetchConfig::default()
             },
         )
     }
 
+    /// A cache file made of `refs` (each a full chunk) and a destination per chunk.
+    fn dests(f: &Fetcher, refs: &[ChunkRef]) -> (Arc<CacheFile>, Vec<(ChunkRef, Dest)>) {
+        let chunks: Vec<Option<ChunkRef>> = refs.iter().copied().map(Some).collect();
+        let file = f
+            .cache()
+            .open_file((refs.len() * LEN) as u64, LEN as u64, &chunks)
+            .expect("cache file");
+        let items = refs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    *r,
+                    Dest {
+                        file: Arc::clone(&file),
+                        index: i as u64,
+                    },
+                )
+            })
+            .collect();
+        (file, items)
+    }
+
     #[test]
-    fn concurrent_misses_fetch_once_then_cache_serves() {
+    fn concurrent_misses_fetch_once_then_the_cache_file_serves() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(TestStore {
             delay: Duration::from_millis(200),
@@ -748,23 +781,24 @@ mod tests {
         let (r, stored, plain) = chunk(1);
         store.put(&r.id, &stored).expect("put");
         let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_secs(10));
+        let (file, items) = dests(&f, &[r]);
         std::thread::scope(|s| {
-            for i in 0..8u64 {
-                let (f, r, plain) = (&f, &r, &plain);
+            for _ in 0..8 {
+                let (f, item, plain) = (&f, &items[0], &plain);
                 s.spawn(move || {
-                    let got = f.read(r, i * 1000, 500).expect("read");
-                    assert_eq!(
-                        &*got,
-                        &plain[(i * 1000) as usize..(i * 1000 + 500) as usize]
-                    );
+                    let got = f.get(&item.0, Some(item.1.clone())).expect("get");
+                    assert!(**got == plain[..]);
                 });
             }
         });
+        assert!(f.flush_cache_writes(Duration::from_secs(5)));
         assert_eq!(store.requests.load(Ordering::SeqCst), 1);
         assert_eq!(f.metrics().chunks_fetched.get(), 1);
-        // The cache now answers without the store.
-        assert_eq!(&*f.read(&r, 99_990, 100).expect("read"), &plain[99_990..]);
-        assert_eq!(store.requests.load(Ordering::SeqCst), 1);
+        // The cache file now answers without the store.
+        let mut out = vec![0u8; 100];
+        assert!(file.read_into(0, &r, 1000, &mut out).expect("read"));
+        assert_eq!(&out[..], &plain[1000..1100]);
+        assert!(file.check_sealed(), "its only chunk landed: sealed");
     }
 
     #[test]
@@ -777,7 +811,7 @@ mod tests {
         let (r, stored, plain) = chunk(2);
         store.put(&r.id, &stored).expect("put");
         let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_secs(10));
-        assert_eq!(*f.get(&r).expect("get after retries"), plain);
+        assert!(**f.get(&r, None).expect("get after retries") == plain[..]);
         assert_eq!(store.requests.load(Ordering::SeqCst), 4);
         assert_eq!(f.metrics().store_errors.get(), 3);
     }
@@ -792,7 +826,7 @@ mod tests {
         let (r, stored, _) = chunk(3);
         store.put(&r.id, &stored).expect("put");
         let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_millis(300));
-        let err = f.get(&r).expect_err("outage");
+        let err = f.get(&r, None).expect_err("outage");
         assert!(
             matches!(
                 err,
@@ -802,7 +836,7 @@ mod tests {
         );
         // A failed flight is forgotten: the next read asks the store again.
         let before = store.requests.load(Ordering::SeqCst);
-        let _ = f.get(&r);
+        let _ = f.get(&r, None);
         assert!(store.requests.load(Ordering::SeqCst) > before);
     }
 
@@ -816,7 +850,7 @@ mod tests {
         let (r, stored, _) = chunk(4);
         store.put(&r.id, &stored).expect("put");
         let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_millis(200));
-        let err = f.get(&r).expect_err("hung store");
+        let err = f.get(&r, None).expect_err("hung store");
         assert!(matches!(err, FetchError::Timeout { .. }), "{err}");
     }
 
@@ -829,17 +863,16 @@ mod tests {
         store.put(&r.id, &stored).expect("put");
         let (missing, _, _) = chunk(6);
         let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_secs(5));
-        assert!(matches!(f.get(&r), Err(FetchError::Corrupt { .. })));
-        assert!(
-            !f.cache().contains(&r.id, r.plain_len),
-            "corrupt data must not be cached"
-        );
-        assert!(matches!(f.get(&missing), Err(FetchError::Missing(_))));
+        let (file, items) = dests(&f, &[r, missing]);
+        let results = f.fill(&items);
+        assert!(matches!(results[0], Err(FetchError::Corrupt { .. })));
+        assert!(matches!(results[1], Err(FetchError::Missing(_))));
+        assert!(!file.has(0), "corrupt data must not be cached");
         assert_eq!(f.metrics().corrupt_chunks.get(), 1);
     }
 
     #[test]
-    fn prefetch_and_fetch_into_cache_fill_the_cache() {
+    fn prefetch_and_fill_write_each_chunk_once_and_share_across_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(TestStore::default());
         let chunks: Vec<_> = (10..20).map(chunk).collect();
@@ -848,18 +881,25 @@ mod tests {
         }
         let f = fetcher(Arc::clone(&store), dir.path(), Duration::from_secs(5));
         let refs: Vec<ChunkRef> = chunks.iter().map(|c| c.0).collect();
-        f.prefetch(&refs[..5]);
-        let results = f.fetch_into_cache(&refs);
+        let (file, items) = dests(&f, &refs);
+        f.prefetch(&items[..5]);
+        let results = f.fill(&items);
         assert!(results.iter().all(Result::is_ok), "{results:?}");
-        for (r, _, plain) in &chunks {
-            assert!(f.cache().contains(&r.id, r.plain_len));
-            assert_eq!(&*f.get(r).expect("get"), plain);
-        }
+        assert!(f.flush_cache_writes(Duration::from_secs(5)));
+        assert!(file.check_sealed());
         assert_eq!(
             store.requests.load(Ordering::SeqCst),
             10,
             "each chunk fetched once"
         );
+        // Another file made of some of the same chunks is filled from the first one, not the store.
+        let (other, other_items) = dests(&f, &refs[2..4]);
+        assert!(f.fill(&other_items).iter().all(Result::is_ok));
+        assert_eq!(store.requests.load(Ordering::SeqCst), 10);
+        assert_eq!(f.metrics().local_copies.get(), 2);
+        let mut out = vec![0u8; LEN];
+        assert!(other.read_into(1, &refs[3], 0, &mut out).expect("read"));
+        assert!(out == chunks[3].2);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The FUSE adapter: a read-only [`fuser::Filesystem`] over a [`BaseReader`].
 //!
 //! The base is immutable, so attributes and entries get long TTLs and opens keep the kernel page cache
-//! (`FOPEN_KEEP_CACHE`). A file whose chunks are all in the host cache is assembled into a local file and
-//! later opens are served with FUSE passthrough: the kernel then reads the local file directly.
+//! (`FOPEN_KEEP_CACHE`). A file whose host-cache file is complete and sealed is served with FUSE
+//! passthrough from the moment it is sealed: the next open of it (when no handle of it is open) gets the
+//! cache file as backing, and the kernel then reads it directly.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,8 +20,8 @@ use fuser::{
 };
 use image::{FileKind, ImageError, Ino, Inode};
 
-use crate::engine::{BaseReader, ReadError, ReadState};
-use crate::files;
+use crate::cache_file::{direct_io_len, AlignedBuf};
+use crate::engine::{BaseReader, OpenFile, ReadError, ReadState};
 
 /// How long the kernel may cache attributes and entries (the base never changes).
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -37,17 +38,27 @@ enum OpenMode {
     Passthrough { backing: Arc<BackingId>, count: u32 },
 }
 
+/// One open file handle.
+struct Handle {
+    file: Arc<OpenFile>,
+    state: parking_lot::Mutex<ReadState>,
+}
+
+thread_local! {
+    /// Each FUSE thread's read buffer (aligned, for direct reads of the cache file).
+    static READ_BUFFER: std::cell::RefCell<AlignedBuf> = const { std::cell::RefCell::new(AlignedBuf::new()) };
+}
+
 /// The read-only FUSE filesystem of one mounted image.
 pub struct ImageFs {
     reader: Arc<BaseReader>,
-    handles: Mutex<HashMap<u64, Arc<Mutex<ReadState>>>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     /// Parent and name of inodes seen by lookup, for log lines and "..".
     names: Mutex<HashMap<Ino, (Ino, Vec<u8>)>>,
     want_passthrough: bool,
     passthrough: AtomicBool,
     modes: Mutex<HashMap<Ino, OpenMode>>,
-    assembling: Arc<Mutex<HashSet<Ino>>>,
 }
 
 impl std::fmt::Debug for ImageFs {
@@ -132,7 +143,6 @@ impl ImageFs {
             want_passthrough: passthrough,
             passthrough: AtomicBool::new(false),
             modes: Mutex::new(HashMap::new()),
-            assembling: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -160,49 +170,19 @@ impl ImageFs {
         names.entry(ino).or_insert_with(|| (parent, name.to_vec()));
     }
 
-    /// Tries to serve an open of `inode` with passthrough from an assembled file; on the way, starts
-    /// assembling the file in the background when all its chunks are cached.
-    fn try_backing(&self, inode: &Inode, reply: &ReplyOpen) -> Option<BackingId> {
-        if !self.passthrough.load(Ordering::Relaxed) || inode.size == 0 {
+    /// Tries to serve an open of `file` with passthrough from its sealed host-cache file.
+    fn try_backing(&self, file: &OpenFile, reply: &ReplyOpen) -> Option<BackingId> {
+        if !self.passthrough.load(Ordering::Relaxed) || !file.is_sealed() {
             return None;
         }
-        let manifest = self.reader.manifest();
-        let chunks = manifest.file_chunks(inode.ino).ok()?;
-        let cache = self.reader.fetcher().cache();
-        let key = files::file_key(inode.size, &chunks);
-        if let Some(file) = cache.open_file(&key, inode.size) {
-            match reply.open_backing(&file) {
-                Ok(id) => return Some(id),
-                Err(e) => {
-                    tracing::warn!("passthrough for {}: {e}", self.path_of(inode.ino));
-                    return None;
-                }
+        let backing = file.cache_file()?.backing();
+        match backing.and_then(|b| reply.open_backing(&b)) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!("passthrough for {}: {e}", self.path_of(file.ino()));
+                None
             }
         }
-        if files::fully_cached(cache, &chunks) {
-            let mut busy = self.assembling.lock().unwrap_or_else(|p| p.into_inner());
-            if busy.insert(inode.ino) {
-                let cache = Arc::clone(cache);
-                let busy_set = Arc::clone(&self.assembling);
-                let (ino, size, cs) = (inode.ino, inode.size, self.reader.chunk_size());
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("assemble".into())
-                        .spawn(move || {
-                            if let Err(e) = files::assemble(&cache, size, cs, &chunks) {
-                                tracing::warn!("assembling inode {ino}: {e}");
-                            }
-                            busy_set
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(&ino);
-                        });
-                if spawned.is_err() {
-                    busy.remove(&inode.ino);
-                }
-            }
-        }
-        None
     }
 
     fn read_error(&self, ino: Ino, offset: u64, e: &ReadError) -> Errno {
@@ -267,11 +247,24 @@ impl Filesystem for ImageFs {
         if inode.kind == FileKind::Directory {
             return reply.error(Errno::EISDIR);
         }
+        let file = match self.reader.open(inode.ino) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!("open {}: {e}", self.path_of(inode.ino));
+                return reply.error(Errno::EIO);
+            }
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(Mutex::new(ReadState::default())));
+            .insert(
+                fh,
+                Arc::new(Handle {
+                    file: Arc::clone(&file),
+                    state: parking_lot::Mutex::new(ReadState::default()),
+                }),
+            );
 
         // Reuse the inode's current mode; only a first open may choose passthrough.
         let mut modes = self.modes.lock().unwrap_or_else(|p| p.into_inner());
@@ -293,7 +286,7 @@ impl Filesystem for ImageFs {
             None => {}
         }
         if inode.kind == FileKind::Regular {
-            if let Some(backing) = self.try_backing(&inode, &reply) {
+            if let Some(backing) = self.try_backing(&file, &reply) {
                 let backing = Arc::new(backing);
                 modes.insert(
                     inode.ino,
@@ -324,22 +317,28 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let state = self
+        let handle = self
             .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh.0)
             .cloned();
-        let result = match &state {
-            Some(state) => self
-                .reader
-                .read_sequential(ino.0, offset, size as usize, state),
-            None => self.reader.read(ino.0, offset, size as usize),
+        let file = match handle.as_ref() {
+            Some(h) => Arc::clone(&h.file),
+            None => match self.reader.open(ino.0) {
+                Ok(f) => f,
+                Err(e) => return reply.error(self.read_error(ino.0, offset, &e)),
+            },
         };
-        match result {
-            Ok(bytes) => reply.data(&bytes),
-            Err(e) => reply.error(self.read_error(ino.0, offset, &e)),
-        }
+        READ_BUFFER.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let space = &mut buf.slice_mut(direct_io_len(size as usize))[..size as usize];
+            let state = handle.as_ref().map(|h| &h.state);
+            match self.reader.read_into(&file, offset, space, state) {
+                Ok(n) => reply.data(&space[..n]),
+                Err(e) => reply.error(self.read_error(ino.0, offset, &e)),
+            }
+        });
     }
 
     fn release(

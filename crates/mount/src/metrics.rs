@@ -29,8 +29,15 @@ pub struct Metrics {
     pub corrupt_chunks: Counter,
     /// Reads answered with an I/O error.
     pub read_errors: Counter,
-    /// Opens served with FUSE passthrough from an assembled local file.
+    /// Opens served with FUSE passthrough from a sealed host-cache file.
     pub passthrough_opens: Counter,
+    /// Opens of unwritten base files in a blocks write layer served with FUSE passthrough from the
+    /// base's sealed host-cache file.
+    pub layer_passthrough_opens: Counter,
+    /// Chunks copied (or reflinked) from another host-cache file instead of fetched.
+    pub local_copies: Counter,
+    /// Host-cache files sealed by this process (complete and verified: passthrough-ready).
+    pub files_sealed: Counter,
     /// Chunks requested by readahead.
     pub readahead_chunks: Counter,
     /// Store requests in flight.
@@ -68,6 +75,9 @@ impl Metrics {
         let corrupt_chunks = Counter::default();
         let read_errors = Counter::default();
         let passthrough_opens = Counter::default();
+        let layer_passthrough_opens = Counter::default();
+        let local_copies = Counter::default();
+        let files_sealed = Counter::default();
         let readahead_chunks = Counter::default();
         let fetches_in_flight = Gauge::default();
         let fetch_latency_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
@@ -118,6 +128,21 @@ impl Metrics {
             passthrough_opens.clone(),
         );
         registry.register(
+            "layer_passthrough_opens",
+            "Opens of unwritten base files in a blocks layer served by FUSE passthrough",
+            layer_passthrough_opens.clone(),
+        );
+        registry.register(
+            "local_copies",
+            "Chunks copied from another host-cache file instead of fetched",
+            local_copies.clone(),
+        );
+        registry.register(
+            "files_sealed",
+            "Host-cache files sealed (complete and verified, passthrough-ready)",
+            files_sealed.clone(),
+        );
+        registry.register(
             "readahead_chunks",
             "Chunks requested by readahead",
             readahead_chunks.clone(),
@@ -142,6 +167,9 @@ impl Metrics {
             corrupt_chunks,
             read_errors,
             passthrough_opens,
+            layer_passthrough_opens,
+            local_copies,
+            files_sealed,
             readahead_chunks,
             fetches_in_flight,
             fetch_latency_seconds,

@@ -37,9 +37,6 @@ pub struct Args {
     /// Parallel fetches.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
-    /// Do not assemble fully cached files for passthrough.
-    #[arg(long)]
-    no_assemble: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -119,21 +116,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         parallel: args.parallel.max(1),
         paths: args.files.clone(),
         trace: args.trace.clone(),
-        assemble_files: !args.no_assemble,
     };
     let started = Instant::now();
     let report = hydrate(&manifest, &fetcher, &options, &on_progress)?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "hydrated {} chunks ({} bytes) in {secs:.2} s: {} already cached, {} fetched ({} stored bytes), {} failed, {} files assembled",
+        "hydrated {} chunks ({} bytes) in {secs:.2} s: {} already cached, {} fetched ({} stored bytes), {} failed, {} files sealed (passthrough-ready)",
         report.chunks,
         report.bytes,
         report.already_cached,
         metrics.chunks_fetched.get(),
         metrics.bytes_fetched.get(),
         report.failed,
-        report.files_assembled
+        report.files_sealed
     );
     for (r, e) in &report.failures {
         eprintln!("  chunk {}: {e}", r.id);

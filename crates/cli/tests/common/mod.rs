@@ -3,6 +3,8 @@
 // Each test file uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod mounts;
+
 use std::process::{Command, Output};
 
 /// The `thinnode` binary under test.
