@@ -4,8 +4,8 @@ set -euo pipefail
 # fuse3: fusermount3; redis-tools: redis-benchmark; litecoind: the real node of the demo and node tests;
 # rocksdb-tools: ldb, which builds the RocksDB workload of the layer tests; fio, jq: bench/node-speed.sh;
 # systemd: systemd-analyze, which checks the units in dist/systemd; podman, runc, debootstrap: the
-# container image test.
-pkgs=(fuse3 redis-tools pkg-config litecoind rocksdb-tools fio jq systemd podman runc debootstrap)
+# container image test; xfsprogs: mkfs.xfs, for the host-cache test on a loop-mounted XFS (reflinks).
+pkgs=(fuse3 redis-tools pkg-config litecoind rocksdb-tools fio jq systemd podman runc debootstrap xfsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
