@@ -366,7 +366,7 @@ impl Fetcher {
             .flight
             .wait_for(r.id, self.core.config.timeout, false);
         if let (Ok(plain), Some(late)) = (&result, joined.late) {
-            self.core.write_dests(r, plain, vec![late], None);
+            self.core.write_late(r, plain, late);
         }
         result
     }
@@ -420,7 +420,7 @@ impl Fetcher {
                 let Some(j) = j else { return Ok(()) };
                 let result = j.flight.wait_for(r.id, self.core.config.timeout, true);
                 if let (Ok(plain), Some(late)) = (&result, j.late) {
-                    self.core.write_dests(r, plain, vec![late], None);
+                    self.core.write_late(r, plain, late);
                 }
                 result.map(|_| ())
             })
@@ -540,8 +540,9 @@ impl Core {
         }
     }
 
-    /// The verified plaintext of `r` from another host-cache file that holds it, if any.
-    fn local_copy(&self, r: &ChunkRef) -> Option<(Arc<DecodedChunk>, Arc<CacheFile>, u64)> {
+    /// Another host-cache file holding `r` with the right bytes (the chunk index says where; the bytes
+    /// are read and checked): the file, the chunk's index in it, and the bytes.
+    fn local_source(&self, r: &ChunkRef) -> Option<(Arc<CacheFile>, u64, Vec<u8>)> {
         let entries = match self.cache.index().lookup(&r.id) {
             Ok(e) => e,
             Err(e) => {
@@ -554,10 +555,7 @@ impl Core {
                 continue;
             };
             match src.read_chunk(e.index, r) {
-                Ok(Some((buf, range))) => {
-                    let plain = DecodedChunk::from(buf[range].to_vec());
-                    return Some((Arc::new(plain), src, e.index));
-                }
+                Ok(Some((buf, range))) => return Some((src, e.index, buf[range].to_vec())),
                 Ok(None) => {}
                 Err(err) => tracing::debug!("reading {}: {err}", src.data_path().display()),
             }
@@ -565,14 +563,24 @@ impl Core {
         None
     }
 
+    /// Writes `late` (a destination that joined a flight after its writes were handed out) once the
+    /// flight settled: reflinked from a cache file holding the chunk where possible.
+    fn write_late(&self, r: &ChunkRef, plain: &[u8], late: Dest) {
+        if late.file.has(late.index) {
+            return;
+        }
+        let source = self.local_source(r).map(|(file, index, _)| (file, index));
+        self.write_dests(r, plain, vec![late], source);
+    }
+
     /// Fetches, verifies, stores and completes the flights of `job`.
     fn run_job(&self, job: &[ChunkRef]) {
         let mut pending: Vec<ChunkRef> = Vec::with_capacity(job.len());
         for r in job {
-            match self.local_copy(r) {
-                Some((plain, src, index)) => {
+            match self.local_source(r) {
+                Some((src, index, plain)) => {
                     self.metrics.local_copies.inc();
-                    self.deliver(r, plain, Some((src, index)));
+                    self.deliver(r, Arc::new(DecodedChunk::from(plain)), Some((src, index)));
                 }
                 None => pending.push(*r),
             }
