@@ -37,9 +37,20 @@ struct NodeMount {
 
 impl NodeMount {
     fn start(image: &Path, mnt: &Path, layer: &Path, kind: &str, cache: &Path) -> NodeMount {
+        NodeMount::start_with(image, mnt, layer, kind, cache, &[])
+    }
+
+    fn start_with(
+        image: &Path,
+        mnt: &Path,
+        layer: &Path,
+        kind: &str,
+        cache: &Path,
+        extra: &[&str],
+    ) -> NodeMount {
         fs::create_dir_all(mnt).expect("mkdir mnt");
         let log = mnt.with_extension("log");
-        ok_text(&[
+        let mut args = vec![
             "mount",
             s(image),
             s(mnt),
@@ -52,7 +63,9 @@ impl NodeMount {
             "--daemon",
             "--log",
             s(&log),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        ok_text(&args);
         assert!(is_mounted(mnt), "{} is not mounted", mnt.display());
         NodeMount {
             mnt: mnt.to_path_buf(),
@@ -255,6 +268,146 @@ fn writes_persist(kind: &str) {
     assert!(!db.join("synced.txt").exists());
     m.umount();
     verify_deep(&image);
+}
+
+/// The host-cache data file of image file `rel`.
+fn cache_data_file(cache: &Path, image: &Path, rel: &str) -> PathBuf {
+    let m = image::ImageManifest::open(image).expect("open image");
+    let mut ino = image::ROOT_INO;
+    for name in rel.split('/') {
+        ino = m
+            .lookup(ino, name.as_bytes())
+            .expect("lookup")
+            .expect("in the image")
+            .ino;
+    }
+    let size = m.getattr(ino).expect("getattr").size;
+    let chunks = m.file_chunks(ino).expect("chunks");
+    let hex = mount::FileKey::of(size, u64::from(m.chunk_size()), &chunks).to_hex();
+    cache.join("v2/files").join(&hex[..2]).join(hex)
+}
+
+/// A blocks layer over a hydrated image: a read-only open of an unwritten base file is passthrough to
+/// the base's host-cache file (counted by the metric; its reads never reach the daemon); a read-write
+/// open is not, and its writes land in the layer only: the base's cache file stays byte-identical,
+/// `verify --deep` passes, and a plain mount of the image reads the original bytes.
+#[test]
+fn blocks_layer_passthrough_for_unwritten_base_files_and_never_writes_the_base() {
+    if !fuse_available(
+        "blocks_layer_passthrough_for_unwritten_base_files_and_never_writes_the_base",
+    ) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (src, store, image) = workload_paths(t.path(), "src");
+    small_tree(&src);
+    pack(&src, &store, &image, &[]);
+    let (mnt, layer, cache) = kind_paths(t.path(), "blocks");
+    ok_text(&["hydrate", s(&image), "--cache", s(&cache), "--quiet"]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
+        .parse()
+        .unwrap();
+    let m = NodeMount::start_with(
+        &image,
+        &mnt,
+        &layer,
+        "blocks",
+        &cache,
+        &["--metrics", &addr.to_string()],
+    );
+    let metric = |name: &str| common::mounts::metric(addr, name);
+    let want = fs::read(src.join("db/big.bin")).unwrap();
+    let big = mnt.join("db/big.bin");
+
+    let read_before = metric("thinnode_mount_read_bytes_total");
+    assert_eq!(fs::read(&big).unwrap(), want);
+    assert_eq!(metric("thinnode_mount_layer_passthrough_opens_total"), 1.0);
+    assert_eq!(
+        metric("thinnode_mount_read_bytes_total"),
+        read_before,
+        "passthrough reads of the base never reach the daemon"
+    );
+
+    // A read-write open (no write yet) is served by the layer, reading the base in-process.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&big)
+            .unwrap();
+        let mut head = vec![0u8; 100_000];
+        f.read_exact_at(&mut head, 5).unwrap();
+        assert!(head[..] == want[5..100_005]);
+        assert_eq!(metric("thinnode_mount_layer_passthrough_opens_total"), 1.0);
+        assert!(metric("thinnode_mount_read_bytes_total") > read_before);
+        f.write_all_at(b"node write", 2 * 1024 * 1024).unwrap();
+        f.sync_all().unwrap();
+    }
+    let mut expected = want.clone();
+    expected[2 * 1024 * 1024..2 * 1024 * 1024 + 10].copy_from_slice(b"node write");
+    assert!(fs::read(&big).unwrap() == expected, "the write reads back");
+    assert_eq!(
+        metric("thinnode_mount_layer_passthrough_opens_total"),
+        1.0,
+        "a written file is no longer passthrough"
+    );
+    // Another unwritten base file is.
+    assert_eq!(fs::read(mnt.join("db/a.txt")).unwrap(), b"base a\n");
+    assert_eq!(metric("thinnode_mount_layer_passthrough_opens_total"), 2.0);
+    m.umount();
+
+    // The base is untouched: its cache file, a plain mount of the image, and the store.
+    assert!(fs::read(cache_data_file(&cache, &image, "db/big.bin")).unwrap() == want);
+    let m = NodeMount::start(
+        &image,
+        &t.path().join("mnt2"),
+        &t.path().join("layer2"),
+        "blocks",
+        &cache,
+    );
+    assert!(fs::read(t.path().join("mnt2/db/big.bin")).unwrap() == want);
+    m.umount();
+    verify_deep(&image);
+}
+
+/// An overlay layer over a hydrated image: overlayfs opens the base files in the image mount, which
+/// serves them by passthrough from the host-cache files (its read path is never used).
+#[test]
+fn overlay_layer_lower_reads_are_passthrough() {
+    if !fuse_available("overlay_layer_lower_reads_are_passthrough") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (src, store, image) = workload_paths(t.path(), "src");
+    small_tree(&src);
+    pack(&src, &store, &image, &[]);
+    let (mnt, layer, cache) = kind_paths(t.path(), "overlay");
+    ok_text(&["hydrate", s(&image), "--cache", s(&cache), "--quiet"]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
+        .parse()
+        .unwrap();
+    let m = NodeMount::start_with(
+        &image,
+        &mnt,
+        &layer,
+        "overlay",
+        &cache,
+        &["--metrics", &addr.to_string()],
+    );
+    let metric = |name: &str| common::mounts::metric(addr, name);
+    assert_eq!(
+        fs::read(mnt.join("db/big.bin")).unwrap(),
+        fs::read(src.join("db/big.bin")).unwrap()
+    );
+    assert_eq!(fs::read(mnt.join("db/sub/b.txt")).unwrap(), b"base b\n");
+    assert!(metric("thinnode_mount_passthrough_opens_total") >= 2.0);
+    assert_eq!(
+        metric("thinnode_mount_read_bytes_total"),
+        0.0,
+        "no read reached the daemon"
+    );
+    m.umount();
 }
 
 /// PID of the daemon serving `mnt` (from its mount record, via `ps`-free /proc scan).

@@ -18,7 +18,7 @@ pub mod posix_suite;
 pub mod stack;
 mod usage;
 
-pub use blockfs::{BlocksLayer, BlocksMount, BlocksOptions};
+pub use blockfs::{BaseFile, BaseFiles, BlocksLayer, BlocksMount, BlocksOptions};
 pub use overlay::{OverlayLayer, OverlayOptions};
 pub use stack::LayeredMount;
 pub use usage::LayerUsage;

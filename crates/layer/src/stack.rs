@@ -3,16 +3,93 @@
 //!
 //! The read-only image mount lives inside the layer directory (`DIR/lower`), so each layer carries its own
 //! view of the base and nothing else on the host has to be arranged.
+//!
+//! No second hop: a blocks layer reads base file contents in-process from the image's read engine
+//! ([`ImageBase`]: the host-cache file, or the stores), not through the FUSE mount at `DIR/lower` (which
+//! still gives it the namespace and metadata), and serves a read-only open of an unwritten base file by
+//! passthrough straight to the base's sealed host-cache file. An overlay layer's lower is the image mount
+//! itself, whose sealed files are passthrough: overlayfs' lower reads then go to the host-cache files.
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mount::daemon::{self, MountConfig, MountRecord, MountedImage};
+use mount::{BaseReader, OpenFile};
 
 use crate::{
-    io_err, BlocksLayer, BlocksMount, BlocksOptions, Error, LayerKind, LayerMetadata, OverlayLayer,
-    OverlayOptions, Result,
+    io_err, BaseFile, BaseFiles, BlocksLayer, BlocksMount, BlocksOptions, Error, LayerKind,
+    LayerMetadata, OverlayLayer, OverlayOptions, Result,
 };
+
+/// The image's files read through its read engine in this process (see the module docs).
+struct ImageBase {
+    reader: Arc<BaseReader>,
+}
+
+/// One image file opened through [`ImageBase`].
+struct ImageBaseFile {
+    reader: Arc<BaseReader>,
+    file: Arc<OpenFile>,
+}
+
+fn read_error(e: mount::ReadError) -> io::Error {
+    tracing::error!("base read: {e}");
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+impl BaseFiles for ImageBase {
+    fn open(&self, rel: &Path) -> io::Result<Arc<dyn BaseFile>> {
+        let ino = self.reader.lookup_path(rel).map_err(|e| match e {
+            mount::ReadError::NoSuchPath(_) => io::Error::from_raw_os_error(libc::ENOENT),
+            other => read_error(other),
+        })?;
+        let file = self.reader.open(ino).map_err(read_error)?;
+        Ok(Arc::new(ImageBaseFile {
+            reader: Arc::clone(&self.reader),
+            file,
+        }))
+    }
+
+    fn passthrough_opened(&self) {
+        self.reader
+            .fetcher()
+            .metrics()
+            .layer_passthrough_opens
+            .inc();
+    }
+}
+
+impl BaseFile for ImageBaseFile {
+    fn size(&self) -> u64 {
+        self.file.size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader
+            .read_into(&self.file, offset, buf, None)
+            .map_err(read_error)
+    }
+
+    fn seek(&self, offset: u64, whence: i32) -> io::Result<Option<u64>> {
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        self.reader
+            .seek(self.file.ino(), offset, data)
+            .map_err(read_error)
+    }
+
+    fn passthrough_backing(&self) -> Option<fs::File> {
+        if !self.file.is_sealed() {
+            return None;
+        }
+        self.file.cache_file()?.backing().ok()
+    }
+}
 
 /// Name of the read-only image mountpoint inside a layer directory.
 pub const LOWER_DIR: &str = "lower";
@@ -102,7 +179,12 @@ impl LayeredMount {
             }
             LayerKind::Blocks => {
                 let layer = BlocksLayer::open_or_create(&layer_dir, BlocksOptions::default())?;
-                Top::Blocks(layer.mount(&lower, &target)?)
+                let base = stacked.image.as_ref().map(|image| {
+                    Arc::new(ImageBase {
+                        reader: Arc::clone(image.reader()),
+                    }) as Arc<dyn BaseFiles>
+                });
+                Top::Blocks(layer.mount_with_base(&lower, &target, base)?)
             }
         };
         stacked.top = Some(top);

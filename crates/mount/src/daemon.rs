@@ -399,6 +399,7 @@ pub struct MountedImage {
     metrics: Arc<Metrics>,
     metrics_addr: Option<SocketAddr>,
     fetcher: Arc<Fetcher>,
+    reader: Arc<BaseReader>,
 }
 
 impl std::fmt::Debug for MountedImage {
@@ -467,7 +468,7 @@ impl MountedImage {
             config.readahead_chunks,
             trace,
         ));
-        let fs = ImageFs::new(reader, config.passthrough);
+        let fs = ImageFs::new(Arc::clone(&reader), config.passthrough);
 
         let mut fuse_config = Config::default();
         fuse_config.mount_options = vec![
@@ -495,6 +496,7 @@ impl MountedImage {
             metrics,
             metrics_addr,
             fetcher,
+            reader,
         };
         if let Err(e) = mounted.wait_ready(Duration::from_secs(10)) {
             let _ = mounted.stop();
@@ -564,6 +566,12 @@ impl MountedImage {
     /// The fetcher serving this mount.
     pub fn fetcher(&self) -> &Arc<Fetcher> {
         &self.fetcher
+    }
+
+    /// The read engine serving this mount (for in-process readers of the same image, such as a blocks
+    /// write layer stacked on it).
+    pub fn reader(&self) -> &Arc<BaseReader> {
+        &self.reader
     }
 
     /// Serves until a shutdown signal arrives (see [`install_shutdown_handler`]) or the filesystem is

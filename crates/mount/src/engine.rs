@@ -29,6 +29,9 @@ pub enum ReadError {
     /// The file's host-cache file could not be opened.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// A path is not in the image.
+    #[error("{0}: no such file in the image")]
+    NoSuchPath(String),
     /// A chunk could not be produced.
     #[error("inode {ino} offset {offset}: {error}")]
     Chunk {
@@ -141,9 +144,10 @@ impl BaseReader {
     pub fn open(&self, ino: Ino) -> Result<Arc<OpenFile>, ReadError> {
         let inode = self.manifest.getattr(ino)?;
         if inode.kind != FileKind::Regular {
-            return Err(ReadError::Image(ImageError::Invalid(format!(
-                "inode {ino} is not a regular file"
-            ))));
+            return Err(ReadError::Image(ImageError::WrongKind {
+                ino,
+                expected: "regular file",
+            }));
         }
         if inode.size == 0 {
             return Ok(Arc::new(OpenFile {
@@ -169,6 +173,36 @@ impl BaseReader {
             size: inode.size,
             cache: Some(cache),
         }))
+    }
+
+    /// The inode of `path` (relative to the image root; `.`, empty and `/` components are skipped).
+    pub fn lookup_path(&self, path: &std::path::Path) -> Result<Ino, ReadError> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut ino = image::ROOT_INO;
+        for comp in path.components() {
+            match comp {
+                std::path::Component::Normal(name) => {
+                    ino = self
+                        .manifest
+                        .lookup(ino, name.as_bytes())?
+                        .ok_or_else(|| ReadError::NoSuchPath(path.display().to_string()))?
+                        .ino;
+                }
+                std::path::Component::CurDir | std::path::Component::RootDir => {}
+                _ => return Err(ReadError::NoSuchPath(path.display().to_string())),
+            }
+        }
+        Ok(ino)
+    }
+
+    /// lseek(2) SEEK_DATA (`data`) or SEEK_HOLE in file `ino`, from the image's recorded holes; `None`
+    /// past the last data.
+    pub fn seek(&self, ino: Ino, offset: u64, data: bool) -> Result<Option<u64>, ReadError> {
+        Ok(if data {
+            self.manifest.seek_data(ino, offset)?
+        } else {
+            self.manifest.seek_hole(ino, offset)?
+        })
     }
 
     /// Reads up to `len` bytes at `offset` of file `ino` (fewer at end of file), without readahead.

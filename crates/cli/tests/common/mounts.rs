@@ -27,6 +27,21 @@ pub fn pack(src: &Path, store: &str, out: &Path) {
     ]);
 }
 
+/// The value of metric `name` served at `addr` (Prometheus text).
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let mut s = TcpStream::connect(addr).expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse::<f64>().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{body}"))
+}
+
 pub fn is_mounted(mnt: &Path) -> bool {
     let parent = mnt.parent().expect("parent");
     match (fs::metadata(mnt), fs::metadata(parent)) {
@@ -106,17 +121,7 @@ impl Mounted {
     }
 
     pub fn metric(&self, name: &str) -> f64 {
-        let mut s = TcpStream::connect(self.metrics).expect("connect metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expect("write");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read");
-        body.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                (k == name).then(|| v.trim().parse::<f64>().ok()).flatten()
-            })
-            .unwrap_or_else(|| panic!("metric {name} missing in:\n{body}"))
+        metric(self.metrics, name)
     }
 
     /// SIGTERM; returns whether the daemon exited successfully and the mount is gone.

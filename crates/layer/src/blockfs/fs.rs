@@ -19,12 +19,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::tree::{self, Materialiser};
+use super::{BaseFile, BaseFiles};
 use crate::blocks::{BaseReader, BlockFile};
 use crate::{io_err, Error, Result};
 
@@ -33,25 +34,40 @@ use crate::{io_err, Error, Result};
 const TTL: Duration = Duration::from_secs(1);
 /// FUSE inode number of the root.
 const ROOT_INO: u64 = 1;
+/// How long an open of a base file for writing waits for read-only passthrough handles of it to close.
+const PASSTHROUGH_DRAIN: Duration = Duration::from_secs(1);
 /// Largest piece of zeros written at once when punching a hole in a base-backed file.
 const ZERO_PIECE: u64 = 1 << 20;
 
-/// The lower file behind a base-backed tree file, opened once per [`BlockFile`].
-pub(crate) struct LowerFile {
-    file: File,
+/// The base file behind a base-backed tree file, opened once per [`BlockFile`]: the lower directory's
+/// file, or the image's file read in-process.
+pub(crate) enum LowerFile {
+    /// A file of the lower directory.
+    Dir(File),
+    /// A base file read in-process ([`BaseFiles`]).
+    Image(Arc<dyn BaseFile>),
 }
 
 impl BaseReader for LowerFile {
     fn size(&self, _path: &Path) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        match self {
+            LowerFile::Dir(f) => Ok(f.metadata()?.len()),
+            LowerFile::Image(f) => Ok(f.size()),
+        }
     }
 
     fn read_at(&self, _path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read_at(buf, offset)
+        match self {
+            LowerFile::Dir(f) => f.read_at(buf, offset),
+            LowerFile::Image(f) => f.read_at(offset, buf),
+        }
     }
 
     fn seek(&self, _path: &Path, offset: u64, whence: i32) -> io::Result<Option<u64>> {
-        crate::blocks::seek_file(&self.file, offset, whence)
+        match self {
+            LowerFile::Dir(f) => crate::blocks::seek_file(f, offset, whence),
+            LowerFile::Image(f) => f.seek(offset, whence),
+        }
     }
 }
 
@@ -64,8 +80,8 @@ struct BlockSlot {
     users: u32,
 }
 
-/// How the open handles of a layer file (no base) are served; the kernel forbids mixing the two on one
-/// inode.
+/// How the open handles of a file are served; the kernel forbids mixing the two on one inode (handles
+/// opened with `FOPEN_DIRECT_IO` are outside this rule and not counted).
 #[derive(Default)]
 enum PlainMode {
     /// No handle open.
@@ -73,7 +89,9 @@ enum PlainMode {
     Closed,
     /// Reads and writes come to this process (`count` handles).
     Daemon { count: u32 },
-    /// Reads, writes and mmap go straight to the tree file in the kernel (`count` handles).
+    /// Reads (and, for a layer file, writes and mmap) go straight to the backing file in the kernel: the
+    /// tree file of a layer file, the base's sealed host-cache file of an unwritten base file opened
+    /// read-only (`count` handles).
     Passthrough { backing: Arc<BackingId>, count: u32 },
 }
 
@@ -110,10 +128,17 @@ fn proc_fd_path(fd: &File) -> PathBuf {
 enum Handle {
     /// A file created in the layer: the tree file itself.
     Plain { node: Arc<Node>, file: Arc<File> },
-    /// A base-backed file.
+    /// A base-backed file served by this process (`counted` in the node's mode unless it was opened
+    /// with `FOPEN_DIRECT_IO`).
     Blocks {
         node: Arc<Node>,
         file: SharedBlockFile,
+        counted: bool,
+    },
+    /// An unwritten base file opened read-only and served by passthrough from the base's local copy.
+    BasePassthrough {
+        node: Arc<Node>,
+        base: Arc<dyn BaseFile>,
     },
     /// A directory: the entries listed at opendir.
     Dir { entries: Arc<Vec<DirListing>> },
@@ -218,6 +243,8 @@ pub(crate) struct LayerState {
     root_st_ino: u64,
     maps_dir: PathBuf,
     lower_root: PathBuf,
+    /// Base files read in-process instead of through `lower_root`, when the image runs in this process.
+    base: Option<Arc<dyn BaseFiles>>,
     block_size: u32,
     nodes: Mutex<HashMap<u64, Arc<Node>>>,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -232,6 +259,7 @@ impl LayerState {
         tree_root: &Path,
         maps_dir: &Path,
         lower_root: &Path,
+        base: Option<Arc<dyn BaseFiles>>,
         block_size: u32,
     ) -> Result<LayerState> {
         let fd = open_path(tree_root).map_err(io_err("open layer tree", tree_root))?;
@@ -253,6 +281,7 @@ impl LayerState {
             root_st_ino: meta.ino(),
             maps_dir: maps_dir.to_path_buf(),
             lower_root: lower_root.to_path_buf(),
+            base,
             block_size,
             nodes: Mutex::new(nodes),
             handles: Mutex::new(HashMap::new()),
@@ -378,9 +407,18 @@ impl LayerState {
             return Ok(f);
         }
         let lower_path = self.lower_root.join(base);
-        let lower = File::open(&lower_path).map_err(io_err("open base file", &lower_path))?;
+        let lower = match &self.base {
+            Some(files) => LowerFile::Image(
+                files
+                    .open(base)
+                    .map_err(io_err("open base file", &lower_path))?,
+            ),
+            None => LowerFile::Dir(
+                File::open(&lower_path).map_err(io_err("open base file", &lower_path))?,
+            ),
+        };
         let file = BlockFile::open(
-            LowerFile { file: lower },
+            lower,
             base,
             &node.proc_path(),
             &self.map_path(node.st_ino),
@@ -390,6 +428,28 @@ impl LayerState {
         slot.file = Some(Arc::clone(&shared));
         slot.users = 1;
         Ok(shared)
+    }
+
+    /// For an unwritten base file (no block written, size unchanged) whose base has a complete local
+    /// copy: the base file and a descriptor of that copy for passthrough.
+    fn base_backing(&self, node: &Node) -> Option<(Arc<dyn BaseFile>, File)> {
+        let files = self.base.as_ref()?;
+        let rel = node.base.as_deref()?;
+        if self.map_path(node.st_ino).exists() {
+            return None;
+        }
+        if let Some(f) = &lock(&node.blocks).file {
+            let f = f.read().unwrap_or_else(|p| p.into_inner());
+            if f.local_blocks() > 0 || f.is_dirty() {
+                return None;
+            }
+        }
+        let base = files.open(rel).ok()?;
+        if node.fd.metadata().ok()?.len() != base.size() {
+            return None;
+        }
+        let backing = base.passthrough_backing()?;
+        Some((base, backing))
     }
 
     /// One user of `node`'s [`BlockFile`] is done; the last one makes the map durable (or drops it
@@ -472,6 +532,7 @@ impl LayerState {
         match lock(&self.handles).get(&fh.0) {
             Some(Handle::Plain { file, .. }) => Ok(HandleIo::Plain(Arc::clone(file))),
             Some(Handle::Blocks { file, .. }) => Ok(HandleIo::Blocks(Arc::clone(file))),
+            Some(Handle::BasePassthrough { base, .. }) => Ok(HandleIo::Base(Arc::clone(base))),
             Some(Handle::Dir { .. }) => Err(Errno::EISDIR),
             None => Err(Errno::EBADF),
         }
@@ -514,6 +575,8 @@ impl LayerState {
 enum HandleIo {
     Plain(Arc<File>),
     Blocks(SharedBlockFile),
+    /// An unwritten base file opened read-only (its reads normally stay in the kernel).
+    Base(Arc<dyn BaseFile>),
 }
 
 fn open_path(path: &Path) -> io::Result<File> {
@@ -597,6 +660,79 @@ impl BlocksFs {
         };
         if last {
             *mode = PlainMode::Closed;
+        }
+    }
+
+    /// For a read-only open of base file `node`: the passthrough backing (registered by `open_backing`
+    /// on the base's local copy) when the file is unwritten, its base has a sealed local copy, and no
+    /// handle of it is served by this process; `None` otherwise.
+    fn base_passthrough(
+        &self,
+        node: &Node,
+        open_backing: impl FnOnce(&File) -> io::Result<BackingId>,
+    ) -> Option<(Arc<BackingId>, Arc<dyn BaseFile>)> {
+        if !self.passthrough {
+            return None;
+        }
+        let mut mode = lock(&node.plain_mode);
+        match &mut *mode {
+            PlainMode::Passthrough { backing, count } => {
+                let base = self.state.base.as_ref()?.open(node.base.as_deref()?).ok()?;
+                *count += 1;
+                Some((Arc::clone(backing), base))
+            }
+            PlainMode::Daemon { .. } => None,
+            PlainMode::Closed => {
+                let (base, file) = self.state.base_backing(node)?;
+                match open_backing(&file) {
+                    Ok(id) => {
+                        let backing = Arc::new(id);
+                        *mode = PlainMode::Passthrough {
+                            backing: Arc::clone(&backing),
+                            count: 1,
+                        };
+                        Some((backing, base))
+                    }
+                    Err(e) => {
+                        tracing::debug!("passthrough refused: {e}");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a handle of base file `node` served by this process. While read-only handles of it are
+    /// served by passthrough (the base's local copy), waits up to [`PASSTHROUGH_DRAIN`] for them to
+    /// close: the kernel does not let both kinds share an inode, and those handles would not see this
+    /// one's writes. Returns `false` when they stayed open: the handle is then opened with
+    /// `FOPEN_DIRECT_IO` (outside the rule, not counted).
+    fn base_daemon_mode(&self, node: &Node) -> bool {
+        let deadline = std::time::Instant::now() + PASSTHROUGH_DRAIN;
+        loop {
+            {
+                let mut mode = lock(&node.plain_mode);
+                match &mut *mode {
+                    PlainMode::Daemon { count } => {
+                        *count += 1;
+                        return true;
+                    }
+                    PlainMode::Closed => {
+                        *mode = PlainMode::Daemon { count: 1 };
+                        return true;
+                    }
+                    PlainMode::Passthrough { .. } => {}
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "base file {}: opened for writing while read-only handles of it are open; those \
+                     handles keep reading the base and do not see this handle's writes",
+                    node.base.as_deref().unwrap_or(Path::new("?")).display()
+                );
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -963,22 +1099,57 @@ impl Filesystem for BlocksFs {
         if node.is_dir {
             return reply.error(Errno::EISDIR);
         }
-        let handle = if node.base.is_some() {
-            let file = tri!(
-                reply,
-                self.state
-                    .acquire_blocks(&node)
-                    .map_err(|e| layer_errno(&e))
-            );
+        if node.base.is_some() {
+            let read_only =
+                flags.acc_mode() == OpenAccMode::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+            if read_only {
+                if let Some((backing, base)) =
+                    self.base_passthrough(&node, |f| reply.open_backing(f))
+                {
+                    if let Some(files) = &self.state.base {
+                        files.passthrough_opened();
+                    }
+                    let fh = self
+                        .state
+                        .new_handle(Handle::BasePassthrough { node, base });
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+                    return;
+                }
+            }
+            let counted = self.base_daemon_mode(&node);
+            let file = match self.state.acquire_blocks(&node) {
+                Ok(f) => f,
+                Err(e) => {
+                    if counted {
+                        self.plain_release(&node);
+                    }
+                    return reply.error(layer_errno(&e));
+                }
+            };
             if flags.0 & libc::O_TRUNC != 0 {
                 let r = file.write().unwrap_or_else(|p| p.into_inner()).truncate(0);
                 if let Err(e) = r {
                     let _ = self.state.release_blocks(&node);
+                    if counted {
+                        self.plain_release(&node);
+                    }
                     return reply.error(layer_errno(&e));
                 }
             }
-            Handle::Blocks { node, file }
-        } else {
+            let fh = self.state.new_handle(Handle::Blocks {
+                node,
+                file,
+                counted,
+            });
+            let open_flags = if counted {
+                FopenFlags::empty()
+            } else {
+                FopenFlags::FOPEN_DIRECT_IO
+            };
+            reply.opened(FileHandle(fh), open_flags);
+            return;
+        }
+        {
             let path = node.proc_path();
             let file = OpenOptions::new()
                 .read(true)
@@ -998,10 +1169,7 @@ impl Filesystem for BlocksFs {
                 Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
                 None => reply.opened(FileHandle(fh), FopenFlags::empty()),
             }
-            return;
-        };
-        let fh = self.state.new_handle(handle);
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        }
     }
 
     fn read(
@@ -1037,6 +1205,10 @@ impl Filesystem for BlocksFs {
                     f.read_at(offset, &mut buf).map_err(|e| layer_errno(&e))
                 )
             }
+            HandleIo::Base(base) => tri!(
+                reply,
+                base.read_at(offset, &mut buf).map_err(|e| errno_of(&e))
+            ),
         };
         reply.data(&buf[..n]);
     }
@@ -1062,6 +1234,7 @@ impl Filesystem for BlocksFs {
                 .unwrap_or_else(|p| p.into_inner())
                 .write_at(offset, data)
                 .map_err(|e| layer_errno(&e)),
+            HandleIo::Base(_) => Err(Errno::EBADF),
         };
         match r {
             Ok(()) => reply.written(len),
@@ -1091,10 +1264,17 @@ impl Filesystem for BlocksFs {
         reply: ReplyEmpty,
     ) {
         let handle = lock(&self.state.handles).remove(&fh.0);
-        if let Some(Handle::Plain { node, .. }) = &handle {
-            self.plain_release(node);
+        match &handle {
+            Some(Handle::Plain { node, .. })
+            | Some(Handle::BasePassthrough { node, .. })
+            | Some(Handle::Blocks {
+                node,
+                counted: true,
+                ..
+            }) => self.plain_release(node),
+            _ => {}
         }
-        if let Some(Handle::Blocks { node, file }) = handle {
+        if let Some(Handle::Blocks { node, file, .. }) = handle {
             drop(file);
             if let Err(e) = self.state.release_blocks(&node) {
                 tracing::error!("flushing a block map on release: {e}");
@@ -1125,6 +1305,7 @@ impl Filesystem for BlocksFs {
                 .unwrap_or_else(|p| p.into_inner())
                 .sync()
                 .map_err(|e| layer_errno(&e)),
+            HandleIo::Base(_) => Ok(()),
         };
         match r {
             Ok(()) => reply.ok(),
@@ -1345,6 +1526,7 @@ impl Filesystem for BlocksFs {
             reply,
             self.state.lookup_node(&dir, name).map_err(|e| errno_of(&e))
         );
+        let mut open_flags = FopenFlags::empty();
         let handle = if node.base.is_some() {
             // O_CREAT without O_EXCL on an existing base-backed file.
             drop(file);
@@ -1359,7 +1541,15 @@ impl Filesystem for BlocksFs {
                     return reply.error(layer_errno(&e));
                 }
             }
-            Handle::Blocks { node, file }
+            let counted = self.base_daemon_mode(&node);
+            if !counted {
+                open_flags = FopenFlags::FOPEN_DIRECT_IO;
+            }
+            Handle::Blocks {
+                node,
+                file,
+                counted,
+            }
         } else {
             if flags & libc::O_TRUNC != 0 && existed {
                 tri!(reply, file.set_len(0).map_err(|e| errno_of(&e)));
@@ -1384,13 +1574,7 @@ impl Filesystem for BlocksFs {
             return;
         };
         let fh = self.state.new_handle(handle);
-        reply.created(
-            &TTL,
-            &attr,
-            Generation(0),
-            FileHandle(fh),
-            FopenFlags::empty(),
-        );
+        reply.created(&TTL, &attr, Generation(0), FileHandle(fh), open_flags);
     }
 
     fn fallocate(
@@ -1417,6 +1601,7 @@ impl Filesystem for BlocksFs {
                 let mut f = file.write().unwrap_or_else(|p| p.into_inner());
                 fallocate_blocks(&mut f, offset, length, mode)
             }
+            HandleIo::Base(_) => Err(Errno::EBADF),
         };
         match r {
             Ok(()) => reply.ok(),
@@ -1444,24 +1629,29 @@ impl Filesystem for BlocksFs {
                     reply.offset(pos);
                 }
             }
-            HandleIo::Blocks(file) => {
+            HandleIo::Blocks(_) | HandleIo::Base(_) => {
                 let Ok(off) = u64::try_from(offset) else {
                     return reply.error(Errno::ENXIO);
                 };
                 if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
                     return reply.error(Errno::EINVAL);
                 }
-                let found = file
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .seek(off, whence);
+                let found = match io {
+                    HandleIo::Blocks(file) => file
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .seek(off, whence)
+                        .map_err(|e| layer_errno(&e)),
+                    HandleIo::Base(base) => base.seek(off, whence).map_err(|e| errno_of(&e)),
+                    HandleIo::Plain(_) => Err(Errno::EBADF),
+                };
                 match found {
                     Ok(Some(pos)) => match i64::try_from(pos) {
                         Ok(p) => reply.offset(p),
                         Err(_) => reply.error(Errno::EOVERFLOW),
                     },
                     Ok(None) => reply.error(Errno::ENXIO),
-                    Err(e) => reply.error(layer_errno(&e)),
+                    Err(errno) => reply.error(errno),
                 }
             }
         }

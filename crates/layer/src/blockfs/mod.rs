@@ -47,6 +47,31 @@ const MOUNT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`BlocksMount::unmount`] waits for the session to end after the unmount.
 const SESSION_END_GRACE: Duration = Duration::from_secs(10);
 
+/// Base files read in-process instead of through the lower directory: the image's read engine, when the
+/// image mount and the layer run in one process ([`crate::LayeredMount`]). Base reads then take no
+/// second FUSE hop, and an unwritten base file opened read-only can be served by passthrough straight to
+/// the base's local copy.
+pub trait BaseFiles: Send + Sync {
+    /// Opens the base file at `rel` (relative to the lower root).
+    fn open(&self, rel: &Path) -> io::Result<Arc<dyn BaseFile>>;
+
+    /// Counts an open served by passthrough from a base file's local copy (metrics).
+    fn passthrough_opened(&self) {}
+}
+
+/// One base file opened through [`BaseFiles`].
+pub trait BaseFile: Send + Sync {
+    /// The file's size.
+    fn size(&self) -> u64;
+    /// Reads up to `buf.len()` bytes at `offset`; returns the bytes read (0 at end of file).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// lseek(2) SEEK_DATA / SEEK_HOLE (`whence`); `None` past the last data (ENXIO).
+    fn seek(&self, offset: u64, whence: i32) -> io::Result<Option<u64>>;
+    /// A read-only descriptor of a complete, verified local copy of the file, which the kernel may read
+    /// directly (FUSE passthrough); `None` when there is none. Never to be written.
+    fn passthrough_backing(&self) -> Option<stdfs::File>;
+}
+
 /// Options of a blocks layer, recorded in `layer.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlocksOptions {
@@ -149,6 +174,17 @@ impl BlocksLayer {
     /// Mounts lower+layer at `target`; the FUSE session runs on threads of this process; returns once
     /// the mount answers. Refused while the layer is mounted elsewhere.
     pub fn mount(&self, lower: &Path, target: &Path) -> Result<BlocksMount> {
+        self.mount_with_base(lower, target, None)
+    }
+
+    /// [`BlocksLayer::mount`], reading base file contents through `base` (in-process) instead of the
+    /// files of `lower`, which still provides the namespace and metadata.
+    pub fn mount_with_base(
+        &self,
+        lower: &Path,
+        target: &Path,
+        base: Option<Arc<dyn BaseFiles>>,
+    ) -> Result<BlocksMount> {
         let lower = stdfs::canonicalize(lower).map_err(io_err("resolve lower dir", lower))?;
         // A dead mount left at the target by a killed server ("Transport endpoint is not connected").
         let target_abs = std::path::absolute(target).map_err(io_err("resolve", target))?;
@@ -204,6 +240,7 @@ impl BlocksLayer {
             &self.tree_dir(),
             &maps,
             &lower,
+            base,
             self.options.block_size,
         )?);
         let filesystem = fs::BlocksFs::new(Arc::clone(&state));
