@@ -9,6 +9,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use mount::daemon::unescape_mount_field;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
@@ -326,32 +327,6 @@ fn explain_mount_errno(errno: Errno) -> String {
     }
 }
 
-/// Decodes the octal escapes (`\040` etc.) the kernel uses in /proc mount files.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes.get(i) == Some(&b'\\') && d.iter().all(|c| (b'0'..=b'7').contains(c)))
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| u8::from_str_radix(d, 8).ok());
-        match (octal, bytes.get(i)) {
-            (Some(b), _) => {
-                out.push(b);
-                i += 4;
-            }
-            (None, Some(&b)) => {
-                out.push(b);
-                i += 1;
-            }
-            (None, None) => break,
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Mount points of overlay mounts in `mountinfo` whose upperdir is `upper`.
 fn overlay_mounts_with_upper(mountinfo: &str, upper: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -370,10 +345,10 @@ fn overlay_mounts_with_upper(mountinfo: &str, upper: &Path) -> Vec<PathBuf> {
         }
         let has_upper = super_opts.split(',').any(|opt| {
             opt.strip_prefix("upperdir=")
-                .is_some_and(|u| Path::new(&unescape_mountinfo(u)) == upper)
+                .is_some_and(|u| Path::new(&unescape_mount_field(u)) == upper)
         });
         if has_upper {
-            found.push(PathBuf::from(unescape_mountinfo(mount_point)));
+            found.push(PathBuf::from(unescape_mount_field(mount_point)));
         }
     }
     found
@@ -412,8 +387,8 @@ garbage line";
 
     #[test]
     fn unescape_handles_truncated_escapes() {
-        assert_eq!(unescape_mountinfo("a\\040b"), "a b");
-        assert_eq!(unescape_mountinfo("a\\04"), "a\\04");
-        assert_eq!(unescape_mountinfo("\\"), "\\");
+        assert_eq!(unescape_mount_field("a\\040b"), "a b");
+        assert_eq!(unescape_mount_field("a\\04"), "a\\04");
+        assert_eq!(unescape_mount_field("\\"), "\\");
     }
 }

@@ -171,6 +171,44 @@ pub fn read_record(mountpoint: &Path) -> Option<MountRecord> {
     serde_json::from_slice(&text).ok()
 }
 
+/// Decodes the octal escapes (`\040` etc.) the kernel uses in /proc mount files.
+pub fn unescape_mount_field(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| b == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match octal {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `path` is listed as a mount point in /proc/self/mountinfo. Unlike [`is_mountpoint`] it never
+/// touches the filesystem mounted there, so a hung FUSE mount (its daemon stopped) cannot block it.
+fn listed_as_mount(path: &Path) -> bool {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    text.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|mp| Path::new(&unescape_mount_field(mp)) == path)
+    })
+}
+
 /// Removes records left by mount processes that no longer run (killed daemons) and whose mount is gone.
 pub fn prune_dead_records() {
     let Ok(entries) = fs::read_dir(RUN_DIR) else {
@@ -183,7 +221,7 @@ pub fn prune_dead_records() {
             .and_then(|text| serde_json::from_slice::<MountRecord>(&text).ok())
             // A dead daemon's record stays while its mount is still there: `umount` needs it to find
             // the mount stacked below.
-            .is_some_and(|rec| !pid_alive(rec.pid) && !is_mountpoint(&rec.mountpoint));
+            .is_some_and(|rec| !pid_alive(rec.pid) && !listed_as_mount(&rec.mountpoint));
         if dead {
             let _ = fs::remove_file(&path);
         }
