@@ -22,7 +22,6 @@ pub mod hydrate;
 pub mod metrics;
 pub mod stores;
 pub mod trace;
-pub mod units;
 
 pub use cache::{CacheConfig, HostCache};
 pub use cache_file::{CacheFile, FileKey};
