@@ -110,34 +110,7 @@ fn litecoind_nodes_from_one_base_diverge_reset_and_promote() {
 
     // 1. A regtest chain of BASE_HEIGHT blocks, then stop it.
     let chain = tmp.path().join("chain");
-    std::fs::create_dir_all(&chain).expect("mkdir");
-    let rpc = free_port();
-    let mut litecoind = ChildGuard::new(
-        Command::new("litecoind")
-            .arg("-regtest")
-            .arg(format!("-datadir={}", chain.display()))
-            .arg(format!("-port={}", free_port()))
-            .arg(format!("-rpcport={rpc}"))
-            .arg("-fallbackfee=0.0001")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start litecoind"),
-    );
-    wait_rpc(&chain, rpc);
-    cli_ok(&chain, rpc, &["createwallet", "miner"]);
-    let addr1 = cli_ok(&chain, rpc, &["getnewaddress"]);
-    let addr2 = cli_ok(&chain, rpc, &["getnewaddress"]);
-    cli_ok(
-        &chain,
-        rpc,
-        &["generatetoaddress", &BASE_HEIGHT.to_string(), &addr1],
-    );
-    let base_tip = cli_ok(&chain, rpc, &["getbestblockhash"]);
-    cli_ok(&chain, rpc, &["stop"]);
-    assert!(
-        litecoind.terminate(Duration::from_secs(60)).is_some(),
-        "litecoind stopped"
-    );
+    let (addr1, addr2, base_tip) = regtest_chain(&chain, BASE_HEIGHT);
 
     // 2. The base image: the wallet is a secret, so it is refused, then stripped.
     let img = tmp.path().join("ltc.img");
@@ -283,6 +256,40 @@ fn litecoind_nodes_from_one_base_diverge_reset_and_promote() {
     }
 }
 
+/// Builds a stopped regtest chain of `height` blocks in `chain` (with a wallet `miner`); returns two of
+/// its addresses (blocks were mined to the first) and the tip's hash.
+fn regtest_chain(chain: &Path, height: u64) -> (String, String, String) {
+    std::fs::create_dir_all(chain).expect("mkdir");
+    let rpc = free_port();
+    let mut litecoind = ChildGuard::new(
+        Command::new("litecoind")
+            .arg("-regtest")
+            .arg(format!("-datadir={}", chain.display()))
+            .arg(format!("-port={}", free_port()))
+            .arg(format!("-rpcport={rpc}"))
+            .arg("-fallbackfee=0.0001")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start litecoind"),
+    );
+    wait_rpc(chain, rpc);
+    cli_ok(chain, rpc, &["createwallet", "miner"]);
+    let addr1 = cli_ok(chain, rpc, &["getnewaddress"]);
+    let addr2 = cli_ok(chain, rpc, &["getnewaddress"]);
+    cli_ok(
+        chain,
+        rpc,
+        &["generatetoaddress", &height.to_string(), &addr1],
+    );
+    let tip = cli_ok(chain, rpc, &["getbestblockhash"]);
+    cli_ok(chain, rpc, &["stop"]);
+    assert!(
+        litecoind.terminate(Duration::from_secs(60)).is_some(),
+        "litecoind stopped"
+    );
+    (addr1, addr2, tip)
+}
+
 /// Whether litecoind can run here (a missing one fails under CI=true).
 fn litecoind_available() -> bool {
     if Command::new("litecoind")
@@ -313,31 +320,7 @@ fn litecoind_nodes_from_an_flist_on_each_layer_kind() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let zdb = ZdbProcess::start(&[BIN, "zdb"], &tmp.path().join("zdb"), &[]);
     let chain = tmp.path().join("chain");
-    std::fs::create_dir_all(&chain).expect("mkdir");
-    let rpc = free_port();
-    let mut litecoind = ChildGuard::new(
-        Command::new("litecoind")
-            .arg("-regtest")
-            .arg(format!("-datadir={}", chain.display()))
-            .arg(format!("-port={}", free_port()))
-            .arg(format!("-rpcport={rpc}"))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start litecoind"),
-    );
-    wait_rpc(&chain, rpc);
-    cli_ok(&chain, rpc, &["createwallet", "miner"]);
-    let addr = cli_ok(&chain, rpc, &["getnewaddress"]);
-    cli_ok(
-        &chain,
-        rpc,
-        &["generatetoaddress", &HEIGHT.to_string(), &addr],
-    );
-    cli_ok(&chain, rpc, &["stop"]);
-    assert!(
-        litecoind.terminate(Duration::from_secs(60)).is_some(),
-        "litecoind stopped"
-    );
+    let (addr, _, _) = regtest_chain(&chain, HEIGHT);
     // The wallet is the packer's secret; the nodes run without one.
     std::fs::remove_dir_all(chain.join("regtest/wallets")).expect("remove wallets");
     let fl = tmp.path().join("ltc.fl");

@@ -174,9 +174,8 @@ pub fn is_sqlite(head: &[u8]) -> bool {
     head.starts_with(SQLITE_HEADER)
 }
 
-/// Whether the file at `path` is an flist: an SQLite database with the rfs tables (judged by content,
-/// not by name). Files that are not SQLite databases are `Ok(false)` without opening them as one.
-pub fn is_flist(path: &Path) -> Result<bool, FlistError> {
+/// Whether the file at `path` starts like an SQLite database (reads its first 16 bytes).
+pub fn starts_like_sqlite(path: &Path) -> Result<bool, FlistError> {
     let mut head = [0u8; 16];
     let mut f = std::fs::File::open(path)
         .map_err(|e| FlistError::io(format!("open {}", path.display()), e))?;
@@ -188,7 +187,13 @@ pub fn is_flist(path: &Path) -> Result<bool, FlistError> {
             Err(e) => return Err(FlistError::io(format!("read {}", path.display()), e)),
         }
     }
-    if !is_sqlite(&head[..filled]) {
+    Ok(is_sqlite(&head[..filled]))
+}
+
+/// Whether the file at `path` is an flist: an SQLite database with the rfs tables (judged by content,
+/// not by name). Files that are not SQLite databases are `Ok(false)` without opening them as one.
+pub fn is_flist(path: &Path) -> Result<bool, FlistError> {
+    if !starts_like_sqlite(path)? {
         return Ok(false);
     }
     let conn = open_read_only(path)?;

@@ -19,8 +19,8 @@ pub use codec::{
     TAG_LEN, ZERO_BLOCK_KEY,
 };
 pub use db::{
-    is_flist, is_sqlite, FileType, FlInode, Flist, FlistWriter, NewFlInode, ROOT_INO, SCHEMA,
-    SQLITE_HEADER, TABLES,
+    is_flist, is_sqlite, starts_like_sqlite, FileType, FlInode, Flist, FlistWriter, NewFlInode,
+    ROOT_INO, SCHEMA, SQLITE_HEADER, TABLES,
 };
 pub use routes::{
     has_password, rfs_url_from_store, routes_of_store_url, store_url_from_rfs, store_url_of_routes,

@@ -4,7 +4,6 @@
 //! ([`write_flist`]), after checking what an flist cannot hold ([`FlistLosses`]).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
 use flist::{FileType, Flist, FlistWriter, NewFlInode, Route, BLOCK_SIZE};
@@ -19,18 +18,7 @@ use crate::{
 /// Whether the file at `path` starts like an SQLite database (then it can only be an flist; whether it
 /// really is one, [`manifest_from_flist`] says with a clear error).
 pub fn looks_like_flist(path: &Path) -> Result<bool, ImageError> {
-    let mut head = [0u8; 16];
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| ImageError::io(format!("open {}", path.display()), e))?;
-    let mut filled = 0;
-    while filled < head.len() {
-        match f.read(&mut head[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) => return Err(ImageError::io(format!("read {}", path.display()), e)),
-        }
-    }
-    Ok(flist::is_sqlite(&head[..filled]))
+    Ok(flist::starts_like_sqlite(path)?)
 }
 
 fn kind_of(t: FileType) -> FileKind {

@@ -513,15 +513,17 @@ fn pack_writes_the_blocks_rfs_writes_and_refuses_what_an_flist_cannot_hold() {
         store_url: format!("dir://{}", blocks_dir.display()),
         ..Default::default()
     };
-    let (summary, written) = image::fl::pack_flist(
-        &tree,
-        &blocks,
-        &fl,
-        &image::PackOptions::default(),
-        &opts,
-        None,
-    )
-    .unwrap();
+    let pack = |out: &Path, opts: &image::FlistOptions| {
+        image::fl::pack_flist(
+            &tree,
+            &blocks,
+            out,
+            &image::PackOptions::default(),
+            opts,
+            None,
+        )
+    };
+    let (summary, written) = pack(&fl, &opts).unwrap();
     assert_eq!(written.blocks, 36);
     assert_eq!(summary.files, 14);
     assert_eq!(block_ids(&fl), block_ids(&fixtures().join("tree-dir.fl")));
@@ -543,16 +545,9 @@ fn pack_writes_the_blocks_rfs_writes_and_refuses_what_an_flist_cannot_hold() {
 
     // Extended attributes: refused before any block is read, unless dropped.
     xattr::set(tree.join("xattr.txt"), "user.rfs_test", b"v1").unwrap();
-    let refused = image::fl::pack_flist(
-        &tree,
-        &blocks,
-        &dir.path().join("x.fl"),
-        &image::PackOptions::default(),
-        &opts,
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let refused = pack(&dir.path().join("x.fl"), &opts)
+        .unwrap_err()
+        .to_string();
     assert!(
         refused.contains("extended attributes") && refused.contains("/xattr.txt"),
         "{refused}"
@@ -562,15 +557,7 @@ fn pack_writes_the_blocks_rfs_writes_and_refuses_what_an_flist_cannot_hold() {
         drop_xattrs: true,
         ..opts.clone()
     };
-    let (_, w) = image::fl::pack_flist(
-        &tree,
-        &blocks,
-        &dir.path().join("x.fl"),
-        &image::PackOptions::default(),
-        &dropping,
-        None,
-    )
-    .unwrap();
+    let (_, w) = pack(&dir.path().join("x.fl"), &dropping).unwrap();
     assert!(
         w.warnings.iter().any(|w| w.contains("extended attributes")),
         "{:?}",
@@ -580,15 +567,7 @@ fn pack_writes_the_blocks_rfs_writes_and_refuses_what_an_flist_cannot_hold() {
     // Hard links: written as separate files, with a warning.
     std::fs::remove_file(tree.join("hardlink-to-hello.txt")).unwrap();
     std::fs::hard_link(tree.join("a/hello.txt"), tree.join("hardlink-to-hello.txt")).unwrap();
-    let (_, w) = image::fl::pack_flist(
-        &tree,
-        &blocks,
-        &dir.path().join("h.fl"),
-        &image::PackOptions::default(),
-        &dropping,
-        None,
-    )
-    .unwrap();
+    let (_, w) = pack(&dir.path().join("h.fl"), &dropping).unwrap();
     assert!(
         w.warnings.iter().any(|w| w.contains("hard link")),
         "{:?}",
