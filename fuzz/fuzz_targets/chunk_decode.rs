@@ -1,4 +1,4 @@
-//! Fuzz target: the chunk decoder. Three ways in, chosen by the first byte:
+//! Fuzz target: the chunk decoder (thinnode's encoding; rfs blocks are the `flist` crate's). Three ways in, chosen by the first byte:
 //! 0. arbitrary stored bytes under a chunk reference whose id and length match them (so the AEAD check is
 //!    reached): decoding must fail (the tag cannot match), never panic;
 //! 1. arbitrary bytes sealed with AES-256-GCM as the encoder seals them, claimed compressed or not with an
@@ -8,7 +8,7 @@
 //!    object (id recomputed) is refused.
 #![no_main]
 
-use image::{decode_chunk, encode_chunk, ChunkId, ChunkRef};
+use image::{decode_chunk, encode_chunk, ChunkEncoding, ChunkId, ChunkRef};
 use libfuzzer_sys::fuzz_target;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
@@ -28,6 +28,7 @@ fn reference(stored: &[u8], key: [u8; 32], plain_len: u32, compressed: bool) -> 
         plain_len,
         stored_len: stored.len() as u32,
         compressed,
+        encoding: ChunkEncoding::Thinnode,
     }
 }
 
