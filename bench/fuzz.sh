@@ -62,10 +62,10 @@ if [[ " $TARGETS " == *" manifest "* ]]; then
     setfattr -n user.note -v fuzz "$TREE/small" 2>/dev/null || true
     mkdir -p fuzz/corpus/manifest
     "$BIN" key gen --out "$WORK/key" >/dev/null
-    for cs in 64K 1M; do
+    for cs in 64KiB 1MiB; do
         "$BIN" pack "$TREE" --store "dir://$WORK/store" --chunk-size "$cs" --out "fuzz/corpus/manifest/plain-$cs.img" >/dev/null
     done
-    "$BIN" pack "$TREE" --store "dir://$WORK/store" --chunk-size 64K --sign "$WORK/key" \
+    "$BIN" pack "$TREE" --store "dir://$WORK/store" --chunk-size 64KiB --sign "$WORK/key" \
         --out fuzz/corpus/manifest/signed.img >/dev/null
 fi
 
@@ -79,7 +79,7 @@ for t in $TARGETS; do
     (cd fuzz && CARGO_TARGET_DIR=$FUZZ_TARGET_DIR cargo fuzz run "$t" "corpus/$t" -- \
         -max_total_time="$SECS" -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/") >"$log" 2>&1 || true
-    execs=$(awk -F: '/stat::number_of_executed_units/ { gsub(/ /, "", $2); print $2 }' "$log" | tail -1)
+    execs=$(awk '/stat::number_of_executed_units/ { print $NF }' "$log" | tail -1)
     execs=${execs:-0}
     corpus=$(find "fuzz/corpus/$t" -type f | wc -l)
     after=$(find "fuzz/artifacts/$t" -type f | wc -l)

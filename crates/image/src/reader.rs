@@ -220,9 +220,10 @@ impl ImageManifest {
             .ok()
             .and_then(|i| i.checked_mul(R::LEN))
             .ok_or_else(out_of_range)?;
+        let end = start.checked_add(R::LEN).ok_or_else(out_of_range)?;
         let bytes = self
             .section(R::SECTION)
-            .get(start..start + R::LEN)
+            .get(start..end)
             .ok_or_else(out_of_range)?;
         R::ref_from_bytes(bytes).map_err(|_| out_of_range())
     }
