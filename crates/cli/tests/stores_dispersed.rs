@@ -1,6 +1,7 @@
 //! End-to-end tests of multi-server stores through the real binary: `pack` into a `disperse:4+2` store
 //! over six `thinnode zdb` servers on loopback, `unpack` / `verify --deep` / `mount` with servers
-//! killed, `store repair` after servers come back empty, and `pack`/`unpack` through a `route:` store.
+//! killed, `store repair` after servers come back empty, and `pack`/`unpack`/`store repair` through a
+//! `route:` store.
 
 mod common;
 
@@ -179,7 +180,7 @@ fn dispersed_4_plus_2_pack_unpack_verify_with_servers_down_and_repair() {
 }
 
 #[test]
-fn router_with_two_replicas_packs_and_unpacks_with_one_replica_down() {
+fn router_with_two_replicas_packs_unpacks_and_repairs_with_one_replica_down() {
     let tmp = tempfile::tempdir().unwrap();
     let mut servers: Vec<ZdbProcess> = (0..3)
         .map(|i| ZdbProcess::start(&[BIN, "zdb"], &tmp.path().join(format!("zdb{i}")), &[]))
@@ -228,4 +229,23 @@ fn router_with_two_replicas_packs_and_unpacks_with_one_replica_down() {
         "{err}"
     );
     servers[0].restart();
+
+    // A replica replaced by an empty server: `store repair` copies the range's chunks back to it, after
+    // which the other replica may die.
+    replace_with_empty(&mut servers[1]);
+    let report = ok(&["store", "repair", p(&image), "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(&report).expect("repair --json");
+    let degraded = summary["chunks_degraded"].as_u64().unwrap();
+    assert!(degraded > 0, "the emptied replica lacked chunks: {summary}");
+    assert_eq!(
+        summary["shards_rewritten"].as_u64(),
+        Some(degraded),
+        "one copy written per chunk of its range: {summary}"
+    );
+    let again = ok(&["store", "repair", p(&image)]);
+    assert!(again.contains("0 degraded, 0 copies rewritten"), "{again}");
+    servers[0].child.kill();
+    let out = tmp.path().join("out-after-repair");
+    ok(&["unpack", p(&image), p(&out)]);
+    assert_same_tree(&src, &out);
 }

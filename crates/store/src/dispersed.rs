@@ -67,16 +67,16 @@ impl ShardHeader {
     }
 }
 
-/// What [`DispersedStore::repair`] did.
+/// What [`DispersedStore::repair`] or [`crate::RouterStore::repair`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RepairReport {
     /// Chunks examined.
     pub chunks_checked: u64,
-    /// Chunks that had at least one missing or invalid shard.
+    /// Chunks that had at least one missing or invalid shard (or replica copy).
     pub chunks_degraded: u64,
-    /// Shards written back.
+    /// Shards (or replica copies) written back.
     pub shards_rewritten: u64,
-    /// Chunks with fewer than k valid shards: they cannot be rebuilt.
+    /// Chunks with fewer than k valid shards (or no valid copy): they cannot be rebuilt.
     pub unrecoverable: Vec<ChunkId>,
     /// Members that failed during the repair (reads or rewrites), with their errors.
     pub failures: Vec<MemberFailure>,

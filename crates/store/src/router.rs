@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::error::MemberFailure;
 use crate::health::Health;
-use crate::{open_member, ChunkId, ChunkStore, DeliverFn, StoreError};
+use crate::{open_member, ChunkId, ChunkStore, DeliverFn, RepairReport, StoreError};
 
 /// The URL prefix of router stores.
 pub const ROUTE_PREFIX: &str = "route:";
@@ -312,6 +312,78 @@ impl RouterStore {
                 failures,
             })
         }
+    }
+}
+
+impl RouterStore {
+    /// Reads every replica's copy of each chunk in `ids` and writes a valid copy (one whose bytes hash
+    /// to its id) to every replica that lacks one or holds a corrupt one, e.g. after a replica came back
+    /// empty or was replaced at the same URL. A chunk with no valid copy on any replica is
+    /// unrecoverable; a replica that cannot be read is reported as a failure and left alone.
+    /// `shards_rewritten` counts the copies written.
+    pub fn repair(&self, ids: &[ChunkId]) -> RepairReport {
+        let mut report = RepairReport::default();
+        for (route, indexes) in self.routes.iter().zip(self.group(ids)) {
+            let want: Vec<ChunkId> = indexes
+                .iter()
+                .filter_map(|&i| ids.get(i).copied())
+                .collect();
+            if want.is_empty() {
+                continue;
+            }
+            // held[r][j]: replica r holds a valid copy of want[j] (true when r could not be read).
+            let mut held: Vec<Vec<bool>> = Vec::new();
+            let mut valid_copy: Vec<Option<Vec<u8>>> = vec![None; want.len()];
+            for member in &route.replicas {
+                match member.call(|s| s.get_many(&want)) {
+                    Ok(values) => held.push(
+                        values
+                            .into_iter()
+                            .zip(&want)
+                            .zip(valid_copy.iter_mut())
+                            .map(|((value, id), copy)| match value {
+                                Some(bytes) if ChunkId::of(&bytes) == *id => {
+                                    copy.get_or_insert(bytes);
+                                    true
+                                }
+                                _ => false,
+                            })
+                            .collect(),
+                    ),
+                    Err(e) => {
+                        report.failures.push(member.failure(&e));
+                        held.push(vec![true; want.len()]);
+                    }
+                }
+            }
+            let mut rewrites: Vec<Vec<(ChunkId, &[u8])>> = vec![Vec::new(); route.replicas.len()];
+            for (j, id) in want.iter().enumerate() {
+                report.chunks_checked += 1;
+                let lacking: Vec<usize> = (0..held.len()).filter(|&r| !held[r][j]).collect();
+                if lacking.is_empty() {
+                    continue;
+                }
+                report.chunks_degraded += 1;
+                match valid_copy.get(j).and_then(|c| c.as_deref()) {
+                    Some(bytes) => {
+                        for r in lacking {
+                            rewrites[r].push((*id, bytes));
+                        }
+                    }
+                    None => report.unrecoverable.push(*id),
+                }
+            }
+            for (member, batch) in route.replicas.iter().zip(&rewrites) {
+                if batch.is_empty() {
+                    continue;
+                }
+                match member.call(|s| s.put_many(batch)) {
+                    Ok(()) => report.shards_rewritten += batch.len() as u64,
+                    Err(e) => report.failures.push(member.failure(&e)),
+                }
+            }
+        }
+        report
     }
 }
 

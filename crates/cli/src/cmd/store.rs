@@ -17,8 +17,9 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum StoreCommand {
-    /// Re-create the shards of an image's chunks that are missing or invalid on members of its
-    /// dispersed (`disperse:`) store, e.g. after a server came back empty or was replaced.
+    /// Re-create what an image's chunks lack on members of its redundant store: shards missing or
+    /// invalid on members of a `disperse:` store, copies missing or corrupt on replicas of a `route:`
+    /// store (e.g. after a server came back empty or was replaced).
     Repair(RepairArgs),
     /// Copy an image's chunks from its store to another store (parallel, resumable: chunks the target
     /// already holds are skipped) and write a new image that records the new store.
@@ -58,7 +59,7 @@ struct CopyArgs {
 struct RepairArgs {
     /// The image (manifest) file whose chunks are checked.
     image: PathBuf,
-    /// The dispersed store URL (default: the store recorded in the image).
+    /// The `disperse:` or `route:` store URL (default: the store recorded in the image).
     #[arg(long, env = "THINNODE_STORE")]
     store: Option<String>,
     /// Chunks checked per batch.
@@ -91,6 +92,49 @@ fn progress_bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// A store that keeps chunks redundantly and can restore what its members lack.
+enum RedundantStore {
+    Dispersed(store::DispersedStore),
+    Router(store::RouterStore),
+}
+
+impl RedundantStore {
+    fn open(url: &str) -> anyhow::Result<RedundantStore> {
+        let shown = store::redact_url(url);
+        if url.trim_start().starts_with(store::ROUTE_PREFIX) {
+            let router = store::RouterStore::open(url.trim_start())
+                .with_context(|| format!("opening route store {shown}"))?;
+            return Ok(RedundantStore::Router(router));
+        }
+        let dispersed = store::DispersedStore::open(url)
+            .with_context(|| format!("opening dispersed store {shown}"))?;
+        Ok(RedundantStore::Dispersed(dispersed))
+    }
+
+    /// What the store writes back: shards or whole copies.
+    fn pieces(&self) -> &'static str {
+        match self {
+            RedundantStore::Dispersed(_) => "shards",
+            RedundantStore::Router(_) => "copies",
+        }
+    }
+
+    /// Why a chunk cannot be rebuilt.
+    fn unrecoverable_because(&self) -> &'static str {
+        match self {
+            RedundantStore::Dispersed(_) => "fewer than k valid shards",
+            RedundantStore::Router(_) => "no valid copy on any replica",
+        }
+    }
+
+    fn repair(&self, ids: &[store::ChunkId]) -> store::RepairReport {
+        match self {
+            RedundantStore::Dispersed(s) => s.repair(ids),
+            RedundantStore::Router(s) => s.repair(ids),
+        }
+    }
+}
+
 fn repair(args: RepairArgs) -> anyhow::Result<()> {
     let m = open_image(&args.image, None)?;
     let url = match args.store {
@@ -101,13 +145,12 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
             .next()
             .context("the image records no store; pass --store URL")?,
     };
-    let dispersed = store::DispersedStore::open(&url)
-        .with_context(|| format!("opening dispersed store {}", store::redact_url(&url)))?;
+    let repairer = RedundantStore::open(&url)?;
     let ids = image_chunk_ids(&m)?;
     let bar = progress_bar(ids.len() as u64, "chunks");
     let mut total = store::RepairReport::default();
     for batch in ids.chunks(args.batch.max(1)) {
-        let report = dispersed.repair(batch);
+        let report = repairer.repair(batch);
         total.chunks_checked += report.chunks_checked;
         total.chunks_degraded += report.chunks_degraded;
         total.shards_rewritten += report.shards_rewritten;
@@ -131,17 +174,18 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "checked {} chunks: {} degraded, {} shards rewritten, {} unrecoverable",
+            "checked {} chunks: {} degraded, {} {} rewritten, {} unrecoverable",
             total.chunks_checked,
             total.chunks_degraded,
             total.shards_rewritten,
+            repairer.pieces(),
             total.unrecoverable.len()
         );
         for f in &total.failures {
             println!("member failed: {}: {}", f.url, f.error);
         }
         for id in &total.unrecoverable {
-            println!("unrecoverable (fewer than k valid shards): {id}");
+            println!("unrecoverable ({}): {id}", repairer.unrecoverable_because());
         }
     }
     if !total.unrecoverable.is_empty() || !total.failures.is_empty() {
