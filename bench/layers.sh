@@ -23,7 +23,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 cargo build --quiet --release -p thinnode --bin thinnode
 cargo build --quiet --release -p paritydb-harness
-cargo build --quiet --release -p layer --example overlay --bin blocks-mount
+cargo build --quiet --release -p layer --example overlay
+cargo build --quiet --release -p layer-testkit --bin blocks-mount
 BIN=$CARGO_TARGET_DIR/release/thinnode
 HARNESS=$CARGO_TARGET_DIR/release/paritydb-harness
 OVERLAY=$CARGO_TARGET_DIR/release/examples/overlay

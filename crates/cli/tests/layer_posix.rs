@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ok_stdout as thinnode_ok, run as thinnode, BIN};
-use layer::posix_suite;
 use layer::{BlocksLayer, BlocksOptions, OverlayLayer, OverlayOptions};
+use layer_testkit::posix_suite;
 use testkit::{fuse_available, ChildGuard};
 
 fn path_str(p: &Path) -> &str {

@@ -55,33 +55,6 @@ pub fn seek_file(file: &File, offset: u64, whence: i32) -> io::Result<Option<u64
     Ok(u64::try_from(pos).ok())
 }
 
-/// A [`BaseReader`] over a plain directory (tests, and local unpacked images).
-#[derive(Debug, Clone)]
-pub struct DirBase {
-    root: PathBuf,
-}
-
-impl DirBase {
-    /// A base rooted at `root`.
-    pub fn new(root: impl Into<PathBuf>) -> DirBase {
-        DirBase { root: root.into() }
-    }
-}
-
-impl BaseReader for DirBase {
-    fn size(&self, path: &Path) -> io::Result<u64> {
-        Ok(fs::metadata(self.root.join(path))?.len())
-    }
-
-    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        File::open(self.root.join(path))?.read_at(buf, offset)
-    }
-
-    fn seek(&self, path: &Path, offset: u64, whence: i32) -> io::Result<Option<u64>> {
-        seek_file(&File::open(self.root.join(path))?, offset, whence)
-    }
-}
-
 /// The persistent map of one file: which blocks are local, the file size, and how much of the base is
 /// still visible (a truncate below the base size hides the rest of the base for good).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,11 +221,6 @@ impl<B: BaseReader> BlockFile<B> {
     /// Current file size.
     pub fn size(&self) -> u64 {
         self.map.size
-    }
-
-    /// Block size of this file's map.
-    pub fn block_size(&self) -> u32 {
-        self.map.block_size
     }
 
     /// Number of blocks held locally.
@@ -503,9 +471,36 @@ fn read_full(file: &File, mut pos: u64, mut out: &mut [u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::posix_suite::pattern;
+    use layer_testkit::posix_suite::pattern;
 
     const BS: u32 = 4096;
+
+    /// A [`BaseReader`] over a plain directory.
+    #[derive(Debug, Clone)]
+    pub struct DirBase {
+        root: PathBuf,
+    }
+
+    impl DirBase {
+        /// A base rooted at `root`.
+        pub fn new(root: impl Into<PathBuf>) -> DirBase {
+            DirBase { root: root.into() }
+        }
+    }
+
+    impl BaseReader for DirBase {
+        fn size(&self, path: &Path) -> io::Result<u64> {
+            Ok(fs::metadata(self.root.join(path))?.len())
+        }
+
+        fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+            File::open(self.root.join(path))?.read_at(buf, offset)
+        }
+
+        fn seek(&self, path: &Path, offset: u64, whence: i32) -> io::Result<Option<u64>> {
+            seek_file(&File::open(self.root.join(path))?, offset, whence)
+        }
+    }
 
     struct Setup {
         _tmp: tempfile::TempDir,

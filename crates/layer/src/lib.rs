@@ -1,9 +1,23 @@
-//! Write layers: a node's own writes kept apart from the read-only base (kernel overlayfs, and block-level
-//! copy-on-write in thinnode's own writable FUSE filesystem), plus a POSIX behaviour suite that every
-//! layer kind is measured against.
+//! Write layers: a node's own writes kept apart from the read-only base image, in one of two kinds.
 //!
-//! A layer lives in one directory. Its kind and options are recorded in `DIR/layer.json` so that any tool
-//! (`thinnode layer du|reset`, the mount daemon) can recognise the layer and mount it the same way again.
+//! - **overlay** ([`OverlayLayer`]): kernel overlayfs, the image mount as the lower dir; good for
+//!   databases that write new files (RocksDB, LevelDB).
+//! - **blocks** ([`BlocksLayer`]): block-level copy-on-write in thinnode's own writable FUSE filesystem;
+//!   a write to a base file stores only the blocks it touches (ParityDB opens every file read-write).
+//!
+//! A layer lives in one directory. Its kind and options are recorded in `DIR/layer.json`
+//! ([`LayerMetadata`]) so that any tool (`thinnode layer du|reset`, the mount daemon) can recognise the
+//! layer and mount it the same way again; [`du`] and [`reset`] work on either kind. [`LayeredMount`] is
+//! what a node runs: the image mounted read-only inside the layer directory and the layer on top, served
+//! by one process.
+//!
+//! Layout: `lib.rs` (metadata, errors, dispatch), `overlay.rs`, `blocks.rs` (the per-file block engine,
+//! independent of FUSE), `blockfs/` (the blocks layer's filesystem: `mod.rs` the layer directory,
+//! `mounted.rs` the FUSE session, `state.rs` the inode and handle tables, `fs.rs` the request handlers,
+//! `files.rs` open files, `modes.rs` passthrough or daemon per inode, `tree.rs` the on-disk tree and its
+//! materialisation, `sys.rs` system calls), `stack.rs` ([`LayeredMount`]), `usage.rs` ([`du`]).
+
+#![deny(missing_docs)]
 
 use std::fs;
 use std::io;
@@ -11,16 +25,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub mod blockfs;
-pub mod blocks;
-pub mod overlay;
-pub mod posix_suite;
-pub mod stack;
+mod blockfs;
+mod blocks;
+mod overlay;
+mod stack;
 mod usage;
 
 pub use blockfs::{BaseFile, BaseFiles, BlocksLayer, BlocksMount, BlocksOptions};
 pub use overlay::{OverlayLayer, OverlayOptions};
-pub use stack::LayeredMount;
+pub use stack::{LayeredMount, LOWER_DIR};
 pub use usage::LayerUsage;
 
 /// Name of the metadata file inside a layer directory.
@@ -71,9 +84,6 @@ pub enum Error {
         /// Where it is mounted.
         mounts: Vec<PathBuf>,
     },
-    /// The layer kind is recognised but this build cannot operate on it.
-    #[error("{0} layers are not supported by this build")]
-    UnsupportedKind(LayerKind),
     /// A path cannot be passed to overlayfs' option string.
     #[error(
         "path {0} cannot be used by overlayfs: it contains ',', ':' or a newline, or is not UTF-8"

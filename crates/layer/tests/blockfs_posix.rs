@@ -5,8 +5,8 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-use layer::posix_suite::{self, pattern};
 use layer::{BlocksLayer, BlocksOptions, Error};
+use layer_testkit::posix_suite::{self, pattern};
 use testkit::fuse_available;
 
 struct Setup {

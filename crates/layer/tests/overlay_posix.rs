@@ -5,8 +5,8 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use layer::posix_suite::{self, Outcome};
 use layer::{Error, OverlayLayer, OverlayOptions};
+use layer_testkit::posix_suite::{self, Outcome};
 use testkit::fuse_available;
 
 /// Detaches whatever is mounted at the path when dropped.

@@ -182,7 +182,7 @@ fn copy_to_stderr(source: std::fs::File) {
 /// FUSE mount, an overlay on top of one).
 pub(crate) fn clear_mounts(state: &StateDir, name: &str) -> Result<()> {
     let data = state.data_dir(name);
-    let lower = state.layer_dir(name).join(layer::stack::LOWER_DIR);
+    let lower = state.layer_dir(name).join(layer::LOWER_DIR);
     for path in [data, lower] {
         if (path.exists() || daemon::is_stale_mount(&path)) && daemon::is_mountpoint(&path) {
             daemon::unmount_path(&path, UNMOUNT_TIMEOUT)?;

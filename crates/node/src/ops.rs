@@ -575,7 +575,7 @@ pub fn remove(state: &StateDir, name: &str, force: bool, timeout: Duration) -> R
     let mut record = state.read(name)?;
     clean_after_crash(state, &mut record)?;
     let data = state.data_dir(name);
-    let lower = state.layer_dir(name).join(layer::stack::LOWER_DIR);
+    let lower = state.layer_dir(name).join(layer::LOWER_DIR);
     for path in [&data, &lower] {
         if daemon::is_mountpoint(path) {
             return Err(NodeError::Invalid {

@@ -16,19 +16,22 @@
 //! truth: unlink, rename, link, chmod ... are plain operations on it, and a renamed directory that was
 //! never materialised keeps its marker, so it still shows its base entries.
 
+mod files;
 mod fs;
+mod modes;
+mod mounted;
+mod state;
+mod sys;
 mod tree;
 
+pub use mounted::BlocksMount;
+
+use mount::daemon::unescape_mount_field;
+use serde::{Deserialize, Serialize};
 use std::fs as stdfs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
-use mount::daemon::unescape_mount_field;
-use serde::{Deserialize, Serialize};
 
 use crate::blocks::DEFAULT_BLOCK_SIZE;
 use crate::usage::{self, LayerUsage};
@@ -40,13 +43,6 @@ pub const TREE_DIR: &str = "tree";
 pub const MAPS_DIR: &str = "maps";
 /// Prefix of the FUSE source name (`thinnode-blocks:<layer dir>`), used to find the layer's mounts.
 pub const FSNAME_PREFIX: &str = "thinnode-blocks:";
-
-/// FUSE worker threads serving one mount.
-const FUSE_THREADS: usize = 4;
-/// How long [`BlocksLayer::mount`] waits for the kernel to answer on the new mount.
-const MOUNT_READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long [`BlocksMount::unmount`] waits for the session to end after the unmount.
-const SESSION_END_GRACE: Duration = Duration::from_secs(10);
 
 /// Base files read in-process instead of through the lower directory: the image's read engine, when the
 /// image mount and the layer run in one process ([`crate::LayeredMount`]). Base reads then take no
@@ -186,6 +182,23 @@ impl BlocksLayer {
         target: &Path,
         base: Option<Arc<dyn BaseFiles>>,
     ) -> Result<BlocksMount> {
+        let (lower, target) = self.check_mount_paths(lower, target)?;
+        let maps = self.maps_dir();
+        stdfs::create_dir_all(&maps).map_err(io_err("create directory", &maps))?;
+        let state = state::LayerState::open(
+            &self.tree_dir(),
+            &maps,
+            &lower,
+            base,
+            self.options.block_size,
+        )?;
+        BlocksMount::start(state, self.fsname(), target)
+    }
+
+    /// Resolves `lower` and `target` (detaching a dead mount left at the target) and checks that they
+    /// can serve a mount of this layer: directories, apart from what the layer writes, the layer not
+    /// mounted yet.
+    fn check_mount_paths(&self, lower: &Path, target: &Path) -> Result<(PathBuf, PathBuf)> {
         let lower = stdfs::canonicalize(lower).map_err(io_err("resolve lower dir", lower))?;
         // A dead mount left at the target by a killed server ("Transport endpoint is not connected").
         let target_abs = std::path::absolute(target).map_err(io_err("resolve", target))?;
@@ -234,47 +247,7 @@ impl BlocksLayer {
                 mounts,
             });
         }
-        let maps = self.maps_dir();
-        stdfs::create_dir_all(&maps).map_err(io_err("create directory", &maps))?;
-        raise_open_file_limit();
-        let state = Arc::new(fs::LayerState::open(
-            &self.tree_dir(),
-            &maps,
-            &lower,
-            base,
-            self.options.block_size,
-        )?);
-        let filesystem = fs::BlocksFs::new(Arc::clone(&state));
-        let mut config = Config::default();
-        config.mount_options = vec![
-            MountOption::FSName(self.fsname()),
-            MountOption::Subtype("thinnode-blocks".into()),
-            MountOption::DefaultPermissions,
-            MountOption::RW,
-            MountOption::NoSuid,
-            MountOption::NoDev,
-        ];
-        config.acl = SessionACL::All;
-        config.n_threads = Some(FUSE_THREADS);
-        config.clone_fd = true;
-        let mut session =
-            Session::new(filesystem, &target, &config).map_err(io_err("mount FUSE at", &target))?;
-        let unmounter = session.unmount_callable();
-        let handle = std::thread::Builder::new()
-            .name("blocks-fuse".into())
-            .spawn(move || session.run())
-            .map_err(io_err("start the FUSE session for", &target))?;
-        let mut mount = BlocksMount {
-            target,
-            unmounter,
-            session: Some(handle),
-            state,
-        };
-        if let Err(e) = mount.wait_ready(MOUNT_READY_TIMEOUT) {
-            let _ = mount.stop();
-            return Err(e);
-        }
-        Ok(mount)
+        Ok((lower, target))
     }
 
     /// Bytes the layer really holds: allocated blocks of `tree/` (sparse base files count only the
@@ -327,144 +300,6 @@ impl BlocksLayer {
         stdfs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("fsync", &self.dir))
-    }
-}
-
-/// A mounted blocks layer served by threads of this process.
-pub struct BlocksMount {
-    target: PathBuf,
-    unmounter: SessionUnmounter,
-    session: Option<JoinHandle<io::Result<()>>>,
-    state: Arc<fs::LayerState>,
-}
-
-impl std::fmt::Debug for BlocksMount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlocksMount")
-            .field("target", &self.target)
-            .finish_non_exhaustive()
-    }
-}
-
-impl BlocksMount {
-    /// The mount point (absolute).
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-
-    /// Whether the FUSE session still serves the mount (false once unmounted from outside, e.g. by
-    /// `umount`).
-    pub fn is_running(&self) -> bool {
-        self.session.as_ref().is_some_and(|h| !h.is_finished())
-    }
-
-    /// Makes every open file's writes and block map durable, without unmounting.
-    pub fn sync(&self) -> Result<()> {
-        self.state.sync_all()
-    }
-
-    /// Flushes every open file's map, unmounts, and waits for the FUSE session to end.
-    pub fn unmount(mut self) -> Result<()> {
-        self.stop()
-    }
-
-    fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        let parent = self.target.parent().unwrap_or(Path::new("/"));
-        let parent_dev = std::os::unix::fs::MetadataExt::dev(
-            &stdfs::metadata(parent).map_err(io_err("stat", parent))?,
-        );
-        let start = Instant::now();
-        loop {
-            if let Ok(m) = stdfs::metadata(&self.target) {
-                if std::os::unix::fs::MetadataExt::dev(&m) != parent_dev {
-                    return Ok(());
-                }
-            }
-            if !self.is_running() {
-                return Err(Error::MountPrecondition(format!(
-                    "the FUSE session for {} ended before the mount answered",
-                    self.target.display()
-                )));
-            }
-            if start.elapsed() > timeout {
-                return Err(Error::MountPrecondition(format!(
-                    "the mount at {} did not answer within {timeout:?}",
-                    self.target.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    fn stop(&mut self) -> Result<()> {
-        let mut result = self.state.sync_all();
-        if let Some(handle) = self.session.take() {
-            if !handle.is_finished() {
-                if let Err(e) = self.unmounter.unmount() {
-                    tracing::warn!("unmount {}: {e}; detaching", self.target.display());
-                    if let Err(errno) =
-                        nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH)
-                    {
-                        result = result.and(Err(Error::Syscall {
-                            syscall: "umount",
-                            target: self.target.clone(),
-                            errno,
-                            explanation: "lazy unmount of a busy mount failed".into(),
-                        }));
-                    }
-                }
-            }
-            let start = Instant::now();
-            while !handle.is_finished() && start.elapsed() < SESSION_END_GRACE {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if handle.is_finished() {
-                match handle.join() {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!("FUSE session ended with: {e}"),
-                    Err(_) => tracing::error!("FUSE session thread panicked"),
-                }
-            } else {
-                tracing::warn!(
-                    "{}: files are still open on the detached mount",
-                    self.target.display()
-                );
-            }
-        }
-        // Files released while unmounting were synced on release; this catches the rest.
-        result.and(self.state.sync_all())
-    }
-}
-
-impl Drop for BlocksMount {
-    fn drop(&mut self) {
-        if self.session.is_some() {
-            if let Err(e) = self.stop() {
-                tracing::warn!("{e}");
-            }
-        }
-    }
-}
-
-/// The filesystem holds one descriptor per inode the kernel knows; a node database can have thousands of
-/// files, beyond the usual soft limit of 1024. Raises the soft limit to the hard one.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls with a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                tracing::warn!(
-                    "cannot raise the open file limit: {}",
-                    io::Error::last_os_error()
-                );
-            }
-        }
     }
 }
 

@@ -7,24 +7,22 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::sys::{copy_times, cpath, mknod};
+
 /// Xattr on a tree directory whose lower entries are not created yet; value: the lower directory,
 /// relative to the lower root ([`LOWER_ROOT`] for the root).
-pub const LOWER_XATTR: &str = "trusted.thinnode.lower";
+pub(super) const LOWER_XATTR: &str = "trusted.thinnode.lower";
 /// Xattr on a tree regular file backed by a base file; value: the base file, relative to the lower root.
-pub const BASE_XATTR: &str = "trusted.thinnode.base";
+pub(super) const BASE_XATTR: &str = "trusted.thinnode.base";
 /// Prefix of the layer's own xattrs, hidden from and refused to users of the mount.
-pub const PRIVATE_XATTR_PREFIX: &[u8] = b"trusted.thinnode.";
+pub(super) const PRIVATE_XATTR_PREFIX: &[u8] = b"trusted.thinnode.";
 /// Marker value naming the lower root.
-pub const LOWER_ROOT: &str = ".";
+pub(super) const LOWER_ROOT: &str = ".";
 /// Name under which an entry is prepared during materialisation before it is renamed into place.
 const MATERIALISE_TMP: &str = ".thinnode-materialise.tmp";
 
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
 /// getxattr(2) (follows symlinks, so `/proc/self/fd/N` paths work); `None` when the attribute is absent.
-pub fn get_xattr(path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+pub(super) fn get_xattr(path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let p = cpath(path)?;
     let n = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     loop {
@@ -55,7 +53,7 @@ pub fn get_xattr(path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
 }
 
 /// setxattr(2) with `flags` (XATTR_CREATE / XATTR_REPLACE), following symlinks.
-pub fn set_xattr(path: &Path, name: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
+pub(super) fn set_xattr(path: &Path, name: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
     let p = cpath(path)?;
     let n = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: valid C strings and a buffer valid for `value.len()` bytes.
@@ -76,7 +74,7 @@ pub fn set_xattr(path: &Path, name: &[u8], value: &[u8], flags: i32) -> io::Resu
 }
 
 /// removexattr(2), following symlinks.
-pub fn remove_xattr(path: &Path, name: &[u8]) -> io::Result<()> {
+pub(super) fn remove_xattr(path: &Path, name: &[u8]) -> io::Result<()> {
     let p = cpath(path)?;
     let n = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: valid C strings.
@@ -88,7 +86,7 @@ pub fn remove_xattr(path: &Path, name: &[u8]) -> io::Result<()> {
 }
 
 /// listxattr(2) following symlinks: the raw NUL-separated name list.
-pub fn list_xattr(path: &Path) -> io::Result<Vec<u8>> {
+pub(super) fn list_xattr(path: &Path) -> io::Result<Vec<u8>> {
     let p = cpath(path)?;
     loop {
         // SAFETY: a null buffer of size 0 asks for the list's size.
@@ -111,12 +109,12 @@ pub fn list_xattr(path: &Path) -> io::Result<Vec<u8>> {
 }
 
 /// Whether an xattr name belongs to the layer itself.
-pub fn is_private_xattr(name: &[u8]) -> bool {
+pub(super) fn is_private_xattr(name: &[u8]) -> bool {
     name.starts_with(PRIVATE_XATTR_PREFIX)
 }
 
 /// Marks the tree directory `dir` as showing the lower directory `lower_rel` (not materialised yet).
-pub fn set_lower_marker(dir: &Path, lower_rel: &Path) -> io::Result<()> {
+pub(super) fn set_lower_marker(dir: &Path, lower_rel: &Path) -> io::Result<()> {
     set_xattr(
         dir,
         LOWER_XATTR.as_bytes(),
@@ -126,50 +124,21 @@ pub fn set_lower_marker(dir: &Path, lower_rel: &Path) -> io::Result<()> {
 }
 
 /// The lower directory a tree directory still has to show, if it is not materialised yet.
-pub fn lower_marker(dir: &Path) -> io::Result<Option<PathBuf>> {
+pub(super) fn lower_marker(dir: &Path) -> io::Result<Option<PathBuf>> {
     Ok(get_xattr(dir, LOWER_XATTR.as_bytes())?.map(|v| PathBuf::from(OsStr::from_bytes(&v))))
 }
 
 /// The base file a tree regular file is backed by, if any.
-pub fn base_marker(file: &Path) -> io::Result<Option<PathBuf>> {
+pub(super) fn base_marker(file: &Path) -> io::Result<Option<PathBuf>> {
     Ok(get_xattr(file, BASE_XATTR.as_bytes())?.map(|v| PathBuf::from(OsStr::from_bytes(&v))))
 }
 
 /// `rel/name` relative to the lower root.
-pub fn lower_child(rel: &Path, name: &OsStr) -> PathBuf {
+pub(super) fn lower_child(rel: &Path, name: &OsStr) -> PathBuf {
     if rel == Path::new(LOWER_ROOT) || rel.as_os_str().is_empty() {
         PathBuf::from(name)
     } else {
         rel.join(name)
-    }
-}
-
-/// Sets atime and mtime of `path` (not following a final symlink) to those of `meta`.
-fn copy_times(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
-    let p = cpath(path)?;
-    let times = [
-        libc::timespec {
-            tv_sec: meta.atime(),
-            tv_nsec: meta.atime_nsec(),
-        },
-        libc::timespec {
-            tv_sec: meta.mtime(),
-            tv_nsec: meta.mtime_nsec(),
-        },
-    ];
-    // SAFETY: valid C string and a two-element timespec array.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 
@@ -205,22 +174,12 @@ fn remove_any(path: &Path) -> io::Result<()> {
     }
 }
 
-fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
-    let p = cpath(path)?;
-    // SAFETY: valid C string.
-    if unsafe { libc::mknod(p.as_ptr(), mode, rdev) } < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// Where materialisation finds the lower tree and the block maps.
-pub struct Materialiser<'a> {
+pub(super) struct Materialiser<'a> {
     /// The lower root.
-    pub lower_root: &'a Path,
+    pub(super) lower_root: &'a Path,
     /// The block-map directory (stale maps of reused inode numbers are removed).
-    pub maps_dir: &'a Path,
+    pub(super) maps_dir: &'a Path,
 }
 
 impl Materialiser<'_> {
@@ -228,7 +187,7 @@ impl Materialiser<'_> {
     /// marker. Entries already present in the tree win. Crash-safe: each entry is prepared under a
     /// temporary name and renamed into place, and the marker goes only after the directory is fsynced.
     /// The caller serialises materialisations.
-    pub fn materialise(&self, dir: &Path) -> io::Result<()> {
+    pub(super) fn materialise(&self, dir: &Path) -> io::Result<()> {
         let Some(rel) = lower_marker(dir)? else {
             return Ok(());
         };

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use layer::posix_suite;
+use layer_testkit::posix_suite;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

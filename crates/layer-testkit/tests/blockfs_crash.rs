@@ -8,8 +8,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use layer::posix_suite::pattern;
 use layer::BlocksLayer;
+use layer_testkit::posix_suite::pattern;
 use testkit::{fuse_available, ChildGuard};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_blocks-mount");
