@@ -33,6 +33,8 @@ pub use codec::{
     EncodedChunk, CHUNK_KEY_CONTEXT, DECODED_ALIGN, DEFAULT_ZSTD_LEVEL, TAG_LEN,
 };
 pub use convert::{convert_image, ConvertOptions, ConvertSummary};
+/// The ed25519 secret key that signs a manifest (from `read_signing_key` or `generate_signing_key`).
+pub use ed25519_dalek::SigningKey;
 pub use fl::{FlistLosses, FlistOptions, FlistWriteOptions, FlistWriteSummary};
 pub use format::{FORMAT_VERSION, MAGIC};
 pub use keys::{

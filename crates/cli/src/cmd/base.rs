@@ -92,12 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn create(args: CreateArgs) -> anyhow::Result<()> {
-    let signer = match &args.sign {
-        Some(p) => {
-            Some(image::read_signing_key(p).with_context(|| format!("reading {}", p.display()))?)
-        }
-        None => None,
-    };
+    let signer = super::key::read_signer(args.sign.as_deref())?;
     let opts = node::BaseOptions {
         data_dir: args.data_dir.clone(),
         store_url: args.store.clone(),

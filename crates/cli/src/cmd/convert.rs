@@ -29,15 +29,9 @@ pub struct Args {
     /// with the password it lacks).
     #[arg(long)]
     from: Option<String>,
-    /// With --to image: chunk size, a power of two from 64KiB to 4MiB.
-    #[arg(long, default_value = "1MiB", value_parser = super::pack::parse_chunk_size)]
-    chunk_size: u32,
-    /// With --to image: zstd level.
-    #[arg(long, default_value_t = image::DEFAULT_ZSTD_LEVEL)]
-    level: i32,
-    /// With --to image: sign the image with this secret key.
-    #[arg(long)]
-    sign: Option<PathBuf>,
+    /// With --to image: how the image is encoded and signed.
+    #[command(flatten)]
+    encoding: super::pack::ImageEncodingArgs,
     /// With --to fl: keep the store password in the flist's routes (stripped by default, as rfs does).
     #[arg(long)]
     keep_password: bool,
@@ -64,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let summary = match args.to {
         Format::Fl => {
-            if args.sign.is_some() {
+            if args.encoding.sign.is_some() {
                 anyhow::bail!("an flist cannot be signed: --sign does not apply to --to fl");
             }
             let opts = image::FlistOptions {
@@ -90,16 +84,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s
         }
         Format::Image => {
-            let signer = match &args.sign {
-                Some(p) => Some(
-                    image::read_signing_key(p)
-                        .with_context(|| format!("reading {}", p.display()))?,
-                ),
-                None => None,
-            };
+            let signer = super::key::read_signer(args.encoding.sign.as_deref())?;
             let opts = image::ConvertOptions {
-                chunk_size: args.chunk_size,
-                zstd_level: args.level,
+                chunk_size: args.encoding.chunk_size,
+                zstd_level: args.encoding.level,
                 threads: args.threads,
                 ..Default::default()
             };
@@ -144,12 +132,7 @@ fn by_reference(args: &Args, src: &image::ImageManifest) -> anyhow::Result<()> {
     if args.to != Format::Image || src.source() != image::ManifestSource::Flist {
         anyhow::bail!("--by-reference converts an flist to an image (--to image)");
     }
-    let signer = match &args.sign {
-        Some(p) => {
-            Some(image::read_signing_key(p).with_context(|| format!("reading {}", p.display()))?)
-        }
-        None => None,
-    };
+    let signer = super::key::read_signer(args.encoding.sign.as_deref())?;
     let local = super::remote::local_image(&args.input, &super::remote::default_cache())?;
     image::fl::flist_as_image(&local, &args.out, signer.as_ref())
         .with_context(|| format!("writing {}", args.out.display()))?;

@@ -1,6 +1,6 @@
 //! `thinnode key`: ed25519 signing keys for images.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -51,4 +51,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads the secret key of a `--sign KEY` option, if one was given.
+pub(crate) fn read_signer(path: Option<&Path>) -> anyhow::Result<Option<image::SigningKey>> {
+    path.map(|p| image::read_signing_key(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()
 }

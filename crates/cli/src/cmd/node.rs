@@ -199,21 +199,6 @@ struct UnitArgs {
     unit_dir: PathBuf,
 }
 
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS.get(unit).unwrap_or(&"B"))
-    }
-}
-
 fn human_duration(secs: u64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
@@ -408,7 +393,9 @@ fn ls(state: &StateDir, json: bool) -> anyhow::Result<()> {
             n.chain.as_deref().unwrap_or("-"),
             n.height.as_deref().unwrap_or("-"),
             n.layer_kind,
-            n.layer_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
+            n.layer_bytes
+                .map(units::format_size)
+                .unwrap_or_else(|| "-".into()),
             n.uptime_secs
                 .map(human_duration)
                 .unwrap_or_else(|| "-".into()),
@@ -442,12 +429,7 @@ fn reset(state: &StateDir, name: &str) -> anyhow::Result<()> {
 
 fn promote(state: &StateDir, a: PromoteArgs) -> anyhow::Result<()> {
     let name = a.name;
-    let signer = match &a.sign {
-        Some(p) => {
-            Some(image::read_signing_key(p).with_context(|| format!("reading {}", p.display()))?)
-        }
-        None => None,
-    };
+    let signer = super::key::read_signer(a.sign.as_deref())?;
     let mut labels = Vec::new();
     if let Some(h) = a.height {
         labels.push(("height".to_string(), h.to_string()));
@@ -472,8 +454,8 @@ fn promote(state: &StateDir, a: PromoteArgs) -> anyhow::Result<()> {
         println!(
             "image {} from node {name}: {} of {} logical uploaded ({} new chunks of {}) to {}",
             a.out.display(),
-            human_bytes(p.bytes_uploaded),
-            human_bytes(p.logical_bytes),
+            units::format_size(p.bytes_uploaded),
+            units::format_size(p.logical_bytes),
             p.chunks_new,
             p.chunks_unique,
             summary.store

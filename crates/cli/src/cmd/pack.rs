@@ -18,15 +18,8 @@ pub struct Args {
     /// The image (manifest) file to write (with --format fl: the .fl file).
     #[arg(long)]
     pub(crate) out: PathBuf,
-    /// Chunk size: a power of two from 64KiB to 4MiB.
-    #[arg(long, default_value = "1MiB", value_parser = parse_chunk_size)]
-    chunk_size: u32,
-    /// zstd compression level for chunks.
-    #[arg(long, default_value_t = image::DEFAULT_ZSTD_LEVEL)]
-    level: i32,
-    /// Sign the manifest with this secret key (from `thinnode key gen`).
-    #[arg(long)]
-    sign: Option<PathBuf>,
+    #[command(flatten)]
+    encoding: ImageEncodingArgs,
     /// A previous image of the same data whose chunks the store holds: their existence checks are skipped,
     /// and files unchanged since it (path, size, mtime, device, inode number, ctime) are not re-read.
     #[arg(long)]
@@ -60,6 +53,20 @@ pub struct Args {
     pub(crate) json: bool,
     #[command(flatten)]
     pub(crate) flist: super::fl::FlistArgs,
+}
+
+/// How an image's chunks are cut, compressed and signed (`pack`, and `convert --to image`).
+#[derive(clap::Args)]
+pub(crate) struct ImageEncodingArgs {
+    /// Chunk size of the image: a power of two from 64KiB to 4MiB.
+    #[arg(long, default_value = "1MiB", value_parser = parse_chunk_size)]
+    pub(crate) chunk_size: u32,
+    /// zstd compression level for the image's chunks.
+    #[arg(long, default_value_t = image::DEFAULT_ZSTD_LEVEL)]
+    pub(crate) level: i32,
+    /// Sign the image's manifest with this secret key (from `thinnode key gen`).
+    #[arg(long)]
+    pub(crate) sign: Option<PathBuf>,
 }
 
 /// Parses a chunk size: a power of two from 64KiB to 4MiB. "64K" and "1M" are SI sizes (see crate
@@ -115,12 +122,7 @@ impl image::PackProgress for Progress {
 /// Runs `thinnode pack`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let store = store::open(&args.store).with_context(|| "opening the store".to_string())?;
-    let signer = match &args.sign {
-        Some(p) => {
-            Some(image::read_signing_key(p).with_context(|| format!("reading {}", p.display()))?)
-        }
-        None => None,
-    };
+    let signer = super::key::read_signer(args.encoding.sign.as_deref())?;
     let mut labels = args.labels.clone();
     let shortcuts = [
         ("chain", args.chain.clone()),
@@ -134,8 +136,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let opts = image::PackOptions {
-        chunk_size: args.chunk_size,
-        zstd_level: args.level,
+        chunk_size: args.encoding.chunk_size,
+        zstd_level: args.encoding.level,
         signer,
         base: args.base.clone(),
         reread: args.reread,
@@ -154,7 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     bar.enable_steady_tick(Duration::from_millis(200));
     let progress = Progress { bar };
     if args.flist.format == super::fl::Format::Fl {
-        if args.sign.is_some() {
+        if args.encoding.sign.is_some() {
             anyhow::bail!("an flist cannot be signed: --sign does not apply to --format fl");
         }
         let result = super::fl::pack(&args, store.as_ref(), &opts, &progress);

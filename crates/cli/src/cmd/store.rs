@@ -236,12 +236,7 @@ fn copy(args: CopyArgs) -> anyhow::Result<()> {
     let source = super::unpack::open_store(args.from.as_deref(), &m)?;
     let target = store::open(&args.to)
         .with_context(|| format!("opening target store {}", store::redact_url(&args.to)))?;
-    let signer = match &args.sign {
-        Some(p) => {
-            Some(image::read_signing_key(p).with_context(|| format!("reading {}", p.display()))?)
-        }
-        None => None,
-    };
+    let signer = super::key::read_signer(args.sign.as_deref())?;
     let ids = image_chunk_ids(&m)?;
     let batches: Vec<&[store::ChunkId]> = ids.chunks(args.batch.max(1)).collect();
     let bar = progress_bar(ids.len() as u64, "chunks");
