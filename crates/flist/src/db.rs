@@ -243,163 +243,188 @@ fn int_of(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<i64> {
     Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0))
 }
 
+fn invalid(path: &Path, reason: String) -> FlistError {
+    FlistError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Why `path` (which failed [`is_flist`]) is not an flist: a legacy tar.gz flist or something else.
+fn not_an_flist(path: &Path) -> FlistError {
+    let mut head = [0u8; 2];
+    let gz = std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && head == [0x1f, 0x8b];
+    FlistError::NotAnFlist {
+        path: path.to_path_buf(),
+        reason: if gz {
+            "a gzip file: a legacy (v1, tar.gz) flist, which this tool does not read; \
+             convert it to the .fl format with the hub first"
+                .into()
+        } else {
+            "not an SQLite database with the rfs tables (inode, extra, block, tag, route)".into()
+        },
+    }
+}
+
+/// The `extra` table: symlink targets by inode.
+fn read_targets(conn: &Connection, path: &Path) -> Result<HashMap<u64, Vec<u8>>, FlistError> {
+    let e = sql_err(path);
+    let mut targets = HashMap::new();
+    let mut stmt = conn.prepare("SELECT ino, data FROM extra").map_err(&e)?;
+    let rows = stmt
+        .query_map([], |r| Ok((int_of(r, 0)?, bytes_of(r, 1)?)))
+        .map_err(&e)?;
+    for row in rows {
+        let (ino, data) = row.map_err(&e)?;
+        targets.insert(ino as u64, data);
+    }
+    Ok(targets)
+}
+
+/// The `inode` table in inode order, each with its target from `targets` and no blocks yet.
+fn read_inodes(
+    conn: &Connection,
+    path: &Path,
+    mut targets: HashMap<u64, Vec<u8>>,
+) -> Result<Vec<FlInode>, FlistError> {
+    let e = sql_err(path);
+    let mut inodes = Vec::new();
+    let mut stmt = conn
+        .prepare(
+            "SELECT ino, parent, name, size, uid, gid, mode, rdev, ctime, mtime \
+             FROM inode ORDER BY ino",
+        )
+        .map_err(&e)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                int_of(r, 0)?,
+                int_of(r, 1)?,
+                bytes_of(r, 2)?,
+                [int_of(r, 3)?, int_of(r, 4)?, int_of(r, 5)?, int_of(r, 6)?],
+                [int_of(r, 7)?, int_of(r, 8)?, int_of(r, 9)?],
+            ))
+        })
+        .map_err(&e)?;
+    for row in rows {
+        let (ino, parent, name, [size, uid, gid, mode], [rdev, ctime, mtime]) = row.map_err(&e)?;
+        let field =
+            |what: &str, v: i64| invalid(path, format!("inode {ino}: {what} {v} is out of range"));
+        if ino <= 0 {
+            return Err(invalid(path, format!("inode number {ino} is not positive")));
+        }
+        let ino = ino as u64;
+        inodes.push(FlInode {
+            ino,
+            parent: u64::try_from(parent).map_err(|_| field("parent", parent))?,
+            name,
+            size: u64::try_from(size).map_err(|_| field("size", size))?,
+            uid: u32::try_from(uid).map_err(|_| field("uid", uid))?,
+            gid: u32::try_from(gid).map_err(|_| field("gid", gid))?,
+            mode: u32::try_from(mode).map_err(|_| field("mode", mode))?,
+            rdev: rdev as u64,
+            ctime,
+            mtime,
+            target: targets.remove(&ino),
+            blocks: Vec::new(),
+        });
+    }
+    Ok(inodes)
+}
+
+/// The `block` table, in row order, appended to the inodes they name (`index`: inode → position).
+fn read_blocks(
+    conn: &Connection,
+    path: &Path,
+    inodes: &mut [FlInode],
+    index: &HashMap<u64, usize>,
+) -> Result<(), FlistError> {
+    let e = sql_err(path);
+    let mut stmt = conn
+        .prepare("SELECT ino, id, key FROM block ORDER BY rowid")
+        .map_err(&e)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((int_of(r, 0)?, bytes_of(r, 1)?, bytes_of(r, 2)?))
+        })
+        .map_err(&e)?;
+    for row in rows {
+        let (ino, id, key) = row.map_err(&e)?;
+        let (Ok(id), Ok(key)) = (<[u8; 32]>::try_from(id), <[u8; 32]>::try_from(key)) else {
+            return Err(invalid(
+                path,
+                format!("a block of inode {ino} does not have a 32-byte id and key"),
+            ));
+        };
+        let slot = index
+            .get(&(ino as u64))
+            .and_then(|&i| inodes.get_mut(i))
+            .ok_or_else(|| invalid(path, format!("a block names inode {ino}, which is absent")))?;
+        slot.blocks.push(Block { id, key });
+    }
+    Ok(())
+}
+
+/// The `route` table, in row order.
+fn read_routes(conn: &Connection, path: &Path) -> Result<Vec<Route>, FlistError> {
+    let e = sql_err(path);
+    let mut routes = Vec::new();
+    let mut stmt = conn
+        .prepare("SELECT start, \"end\", url FROM route ORDER BY rowid")
+        .map_err(&e)?;
+    let rows = stmt
+        .query_map([], |r| Ok((int_of(r, 0)?, int_of(r, 1)?, text_of(r, 2)?)))
+        .map_err(&e)?;
+    for row in rows {
+        let (start, end, url) = row.map_err(&e)?;
+        let (Ok(start), Ok(end)) = (u8::try_from(start), u8::try_from(end)) else {
+            return Err(invalid(
+                path,
+                format!("route {start}-{end} ({url}) is not a range of bytes 0-255"),
+            ));
+        };
+        routes.push(Route { start, end, url });
+    }
+    Ok(routes)
+}
+
+/// The `tag` table, by key.
+fn read_tags(conn: &Connection, path: &Path) -> Result<Vec<(String, String)>, FlistError> {
+    let e = sql_err(path);
+    let mut stmt = conn
+        .prepare("SELECT key, value FROM tag ORDER BY key")
+        .map_err(&e)?;
+    let rows = stmt
+        .query_map([], |r| Ok((text_of(r, 0)?, text_of(r, 1)?)))
+        .map_err(&e)?;
+    rows.map(|row| row.map_err(&e)).collect()
+}
+
 impl Flist {
     /// Reads and checks the flist at `path`. Errors name the problem: not an SQLite file, a missing
     /// table, a block row that is not 32-byte id and key, a block count that does not match a file's size,
     /// an inode not reachable from the root, duplicate names, an unknown file type.
     pub fn read(path: &Path) -> Result<Flist, FlistError> {
-        let invalid = |reason: String| FlistError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        };
         if !is_flist(path)? {
-            let mut head = [0u8; 2];
-            let gz = std::fs::File::open(path)
-                .and_then(|mut f| f.read_exact(&mut head))
-                .is_ok()
-                && head == [0x1f, 0x8b];
-            return Err(FlistError::NotAnFlist {
-                path: path.to_path_buf(),
-                reason: if gz {
-                    "a gzip file: a legacy (v1, tar.gz) flist, which this tool does not read; \
-                     convert it to the .fl format with the hub first"
-                        .into()
-                } else {
-                    "not an SQLite database with the rfs tables (inode, extra, block, tag, route)"
-                        .into()
-                },
-            });
+            return Err(not_an_flist(path));
         }
         let conn = open_read_only(path)?;
-        let e = sql_err(path);
-
-        let mut targets: HashMap<u64, Vec<u8>> = HashMap::new();
-        {
-            let mut stmt = conn.prepare("SELECT ino, data FROM extra").map_err(&e)?;
-            let rows = stmt
-                .query_map([], |r| Ok((int_of(r, 0)?, bytes_of(r, 1)?)))
-                .map_err(&e)?;
-            for row in rows {
-                let (ino, data) = row.map_err(&e)?;
-                targets.insert(ino as u64, data);
-            }
-        }
-
-        let mut inodes = Vec::new();
-        {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT ino, parent, name, size, uid, gid, mode, rdev, ctime, mtime \
-                     FROM inode ORDER BY ino",
-                )
-                .map_err(&e)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        int_of(r, 0)?,
-                        int_of(r, 1)?,
-                        bytes_of(r, 2)?,
-                        [int_of(r, 3)?, int_of(r, 4)?, int_of(r, 5)?, int_of(r, 6)?],
-                        [int_of(r, 7)?, int_of(r, 8)?, int_of(r, 9)?],
-                    ))
-                })
-                .map_err(&e)?;
-            for row in rows {
-                let (ino, parent, name, [size, uid, gid, mode], [rdev, ctime, mtime]) =
-                    row.map_err(&e)?;
-                let field = |what: &str, v: i64| {
-                    invalid(format!("inode {ino}: {what} {v} is out of range"))
-                };
-                if ino <= 0 {
-                    return Err(invalid(format!("inode number {ino} is not positive")));
-                }
-                let ino = ino as u64;
-                inodes.push(FlInode {
-                    ino,
-                    parent: u64::try_from(parent).map_err(|_| field("parent", parent))?,
-                    name,
-                    size: u64::try_from(size).map_err(|_| field("size", size))?,
-                    uid: u32::try_from(uid).map_err(|_| field("uid", uid))?,
-                    gid: u32::try_from(gid).map_err(|_| field("gid", gid))?,
-                    mode: u32::try_from(mode).map_err(|_| field("mode", mode))?,
-                    rdev: rdev as u64,
-                    ctime,
-                    mtime,
-                    target: targets.remove(&ino),
-                    blocks: Vec::new(),
-                });
-            }
-        }
+        let targets = read_targets(&conn, path)?;
+        let mut inodes = read_inodes(&conn, path, targets)?;
         let index: HashMap<u64, usize> =
             inodes.iter().enumerate().map(|(i, n)| (n.ino, i)).collect();
-
-        {
-            let mut stmt = conn
-                .prepare("SELECT ino, id, key FROM block ORDER BY rowid")
-                .map_err(&e)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((int_of(r, 0)?, bytes_of(r, 1)?, bytes_of(r, 2)?))
-                })
-                .map_err(&e)?;
-            for row in rows {
-                let (ino, id, key) = row.map_err(&e)?;
-                let (Ok(id), Ok(key)) = (<[u8; 32]>::try_from(id), <[u8; 32]>::try_from(key))
-                else {
-                    return Err(invalid(format!(
-                        "a block of inode {ino} does not have a 32-byte id and key"
-                    )));
-                };
-                let slot = index
-                    .get(&(ino as u64))
-                    .and_then(|&i| inodes.get_mut(i))
-                    .ok_or_else(|| {
-                        invalid(format!("a block names inode {ino}, which is absent"))
-                    })?;
-                slot.blocks.push(Block { id, key });
-            }
-        }
-
-        let mut routes = Vec::new();
-        {
-            let mut stmt = conn
-                .prepare("SELECT start, \"end\", url FROM route ORDER BY rowid")
-                .map_err(&e)?;
-            let rows = stmt
-                .query_map([], |r| Ok((int_of(r, 0)?, int_of(r, 1)?, text_of(r, 2)?)))
-                .map_err(&e)?;
-            for row in rows {
-                let (start, end, url) = row.map_err(&e)?;
-                let (Ok(start), Ok(end)) = (u8::try_from(start), u8::try_from(end)) else {
-                    return Err(invalid(format!(
-                        "route {start}-{end} ({url}) is not a range of bytes 0-255"
-                    )));
-                };
-                routes.push(Route { start, end, url });
-            }
-        }
-
-        let mut tags = Vec::new();
-        {
-            let mut stmt = conn
-                .prepare("SELECT key, value FROM tag ORDER BY key")
-                .map_err(&e)?;
-            let rows = stmt
-                .query_map([], |r| Ok((text_of(r, 0)?, text_of(r, 1)?)))
-                .map_err(&e)?;
-            for row in rows {
-                tags.push(row.map_err(&e)?);
-            }
-        }
-
+        read_blocks(&conn, path, &mut inodes, &index)?;
         let mut flist = Flist {
             inodes,
             index,
             children: HashMap::new(),
-            routes,
-            tags,
+            routes: read_routes(&conn, path)?,
+            tags: read_tags(&conn, path)?,
         };
-        flist.check_tree().map_err(invalid)?;
+        flist.check_tree().map_err(|reason| invalid(path, reason))?;
         Ok(flist)
     }
 

@@ -6,8 +6,8 @@
 //! does the same with "replicas" of a range, so an flist's table maps onto one `route:` URL whose ranges
 //! are the table's elementary intervals, each listing every store that covers it.
 
-use store::zdb::{Endpoint, DEFAULT_NAMESPACE};
-use store::StoreLocation;
+use store::zdb::{Endpoint, ZdbConfig, DEFAULT_NAMESPACE};
+use store::{S3Config, StoreLocation};
 use url::Url;
 
 use crate::FlistError;
@@ -136,21 +136,9 @@ pub fn rfs_url_from_store(url: &str) -> Result<String, FlistError> {
         return Err(bad_url(url, "a route: URL maps onto several routes"));
     }
     if url.starts_with("http://") || url.starts_with("https://") {
-        let mut parsed = Url::parse(url).map_err(|e| bad_url(url, e.to_string()))?;
-        let kept: Vec<(String, String)> = parsed
-            .query_pairs()
-            .filter(|(k, _)| !HTTP_OPTIONS.contains(&k.as_ref()))
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        if kept.is_empty() {
-            parsed.set_query(None);
-        } else {
-            parsed.query_pairs_mut().clear().extend_pairs(kept);
-        }
-        return Ok(parsed.to_string());
+        return rfs_http_url(url);
     }
-    let location = StoreLocation::parse(url).map_err(|e| bad_url(url, e.to_string()))?;
-    match location {
+    match StoreLocation::parse(url).map_err(|e| bad_url(url, e.to_string()))? {
         StoreLocation::Dir(path) => {
             let absolute = std::path::absolute(&path)
                 .map_err(|e| bad_url(url, format!("cannot make the path absolute: {e}")))?;
@@ -159,77 +147,101 @@ pub fn rfs_url_from_store(url: &str) -> Result<String, FlistError> {
                 .ok_or_else(|| bad_url(url, "the path is not UTF-8"))?;
             Ok(format!("dir://{text}"))
         }
-        StoreLocation::Zdb(config) => match &config.endpoint {
-            Endpoint::Tcp { host, port } => {
-                let host = if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.clone()
-                };
-                let mut out = Url::parse(&format!("zdb://{host}:{port}/"))
-                    .map_err(|e| bad_url(url, e.to_string()))?;
-                out.set_path(&format!("/{}", config.namespace));
-                if let Some(p) = &config.password {
-                    out.set_password(Some(p))
-                        .map_err(|_| bad_url(url, "cannot put the password in the URL"))?;
-                }
-                Ok(out.to_string())
-            }
-            Endpoint::Unix(path) => {
-                if config.namespace != DEFAULT_NAMESPACE {
-                    return Err(bad_url(
-                        url,
-                        "rfs cannot select a namespace on a unix socket; use the default namespace or \
-                         a zdb://host:port/namespace URL",
-                    ));
-                }
-                let text = path
-                    .to_str()
-                    .ok_or_else(|| bad_url(url, "the socket path is not UTF-8"))?;
-                Ok(format!("zdb://{text}"))
-            }
-        },
-        StoreLocation::S3(config) => {
-            if !config.prefix.is_empty() {
-                return Err(bad_url(
-                    url,
-                    "rfs keeps blocks at the top of the bucket; use an s3:// URL without a prefix",
-                ));
-            }
-            let region = config.region.clone();
-            let endpoint = config.endpoint.clone().unwrap_or_else(|| {
-                format!(
-                    "https://s3.{}.amazonaws.com",
-                    region.as_deref().unwrap_or(store::S3_DEFAULT_REGION)
-                )
-            });
-            let ep = Url::parse(&endpoint).map_err(|e| bad_url(url, e.to_string()))?;
-            let scheme = match ep.scheme() {
-                "http" => "s3",
-                "https" => "s3s",
-                other => return Err(bad_url(url, format!("endpoint scheme {other:?}"))),
+        StoreLocation::Zdb(config) => rfs_zdb_url(url, &config),
+        StoreLocation::S3(config) => rfs_s3_url(url, &config),
+    }
+}
+
+/// An http(s) store URL without the client-side options rfs does not know.
+fn rfs_http_url(url: &str) -> Result<String, FlistError> {
+    let mut parsed = Url::parse(url).map_err(|e| bad_url(url, e.to_string()))?;
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| !HTTP_OPTIONS.contains(&k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok(parsed.to_string())
+}
+
+/// rfs's `zdb://host:port/namespace` (password as URL password) or `zdb:///socket` form of `url`.
+fn rfs_zdb_url(url: &str, config: &ZdbConfig) -> Result<String, FlistError> {
+    match &config.endpoint {
+        Endpoint::Tcp { host, port } => {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
             };
-            let host = ep
-                .host_str()
-                .ok_or_else(|| bad_url(url, "the endpoint has no host"))?;
-            let port = ep
-                .port_or_known_default()
-                .ok_or_else(|| bad_url(url, "the endpoint has no port"))?;
-            let mut out = Url::parse(&format!("{scheme}://{host}:{port}/"))
+            let mut out = Url::parse(&format!("zdb://{host}:{port}/"))
                 .map_err(|e| bad_url(url, e.to_string()))?;
-            out.set_path(&format!("/{}", config.bucket));
-            if let Some(key) = &config.access_key_id {
-                let _ = out.set_username(key);
-                if let Some(secret) = &config.secret_access_key {
-                    let _ = out.set_password(Some(secret));
-                }
-            }
-            if let Some(r) = &region {
-                out.query_pairs_mut().append_pair("region", r);
+            out.set_path(&format!("/{}", config.namespace));
+            if let Some(p) = &config.password {
+                out.set_password(Some(p))
+                    .map_err(|_| bad_url(url, "cannot put the password in the URL"))?;
             }
             Ok(out.to_string())
         }
+        Endpoint::Unix(path) => {
+            if config.namespace != DEFAULT_NAMESPACE {
+                return Err(bad_url(
+                    url,
+                    "rfs cannot select a namespace on a unix socket; use the default namespace or \
+                     a zdb://host:port/namespace URL",
+                ));
+            }
+            let text = path
+                .to_str()
+                .ok_or_else(|| bad_url(url, "the socket path is not UTF-8"))?;
+            Ok(format!("zdb://{text}"))
+        }
     }
+}
+
+/// rfs's `s3[s]://KEY:SECRET@host:port/bucket?region=…` form of `url` (no prefix allowed).
+fn rfs_s3_url(url: &str, config: &S3Config) -> Result<String, FlistError> {
+    if !config.prefix.is_empty() {
+        return Err(bad_url(
+            url,
+            "rfs keeps blocks at the top of the bucket; use an s3:// URL without a prefix",
+        ));
+    }
+    let region = config.region.clone();
+    let endpoint = config.endpoint.clone().unwrap_or_else(|| {
+        format!(
+            "https://s3.{}.amazonaws.com",
+            region.as_deref().unwrap_or(store::S3_DEFAULT_REGION)
+        )
+    });
+    let ep = Url::parse(&endpoint).map_err(|e| bad_url(url, e.to_string()))?;
+    let scheme = match ep.scheme() {
+        "http" => "s3",
+        "https" => "s3s",
+        other => return Err(bad_url(url, format!("endpoint scheme {other:?}"))),
+    };
+    let host = ep
+        .host_str()
+        .ok_or_else(|| bad_url(url, "the endpoint has no host"))?;
+    let port = ep
+        .port_or_known_default()
+        .ok_or_else(|| bad_url(url, "the endpoint has no port"))?;
+    let mut out = Url::parse(&format!("{scheme}://{host}:{port}/"))
+        .map_err(|e| bad_url(url, e.to_string()))?;
+    out.set_path(&format!("/{}", config.bucket));
+    if let Some(key) = &config.access_key_id {
+        let _ = out.set_username(key);
+        if let Some(secret) = &config.secret_access_key {
+            let _ = out.set_password(Some(secret));
+        }
+    }
+    if let Some(r) = &region {
+        out.query_pairs_mut().append_pair("region", r);
+    }
+    Ok(out.to_string())
 }
 
 /// `url` without its password, as rfs records routes by default (the user name stays, as in rfs).

@@ -320,9 +320,7 @@ pub fn write_flist(
     }
     m.check_structure()?;
     let warnings = FlistLosses::of(m)?.judge(opts.drop_xattrs)?;
-    // Zero blocks for holes, by length.
-    let mut zero_blocks: HashMap<u64, flist::Block> = HashMap::new();
-    let mut zero_uploads: Vec<flist::EncodedBlock> = Vec::new();
+    let mut zero_blocks = ZeroBlocks::default();
     let mut summary = FlistWriteSummary {
         warnings,
         ..FlistWriteSummary::default()
@@ -351,33 +349,7 @@ pub fn write_flist(
             match a.kind {
                 FileKind::Directory => stack.push((e.ino, fl_ino)),
                 FileKind::Regular => {
-                    for (i, c) in m.file_chunks(e.ino)?.into_iter().enumerate() {
-                        let block = match c {
-                            Some(r) if r.encoding == ChunkEncoding::RfsBlock => flist::Block {
-                                id: r.id.0,
-                                key: r.key,
-                            },
-                            Some(_) => {
-                                return Err(ImageError::Invalid(
-                                    "the image's chunks are not rfs blocks (convert it)".into(),
-                                ))
-                            }
-                            None => {
-                                let len =
-                                    (a.size - i as u64 * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64);
-                                match zero_blocks.get(&len) {
-                                    Some(b) => *b,
-                                    None => {
-                                        let enc = flist::encode_block(&vec![0u8; len as usize])
-                                            .map_err(|e| ImageError::Invalid(e.to_string()))?;
-                                        zero_blocks.insert(len, enc.block);
-                                        let b = enc.block;
-                                        zero_uploads.push(enc);
-                                        b
-                                    }
-                                }
-                            }
-                        };
+                    for block in file_blocks(m, e.ino, a.size, &mut zero_blocks)? {
                         w.add_block(fl_ino, &block)?;
                         summary.blocks += 1;
                     }
@@ -400,20 +372,76 @@ pub fn write_flist(
         w.set_tag(k, v)?;
     }
     // The blocks holes refer to must be in the store before the flist names them.
-    if !zero_uploads.is_empty() {
-        let ids: Vec<ChunkId> = zero_uploads.iter().map(|e| ChunkId(e.block.id)).collect();
-        let held = store.has_many(&ids)?;
-        let missing: Vec<(ChunkId, &[u8])> = zero_uploads
-            .iter()
-            .zip(held)
-            .filter(|(_, h)| !h)
-            .map(|(e, _)| (ChunkId(e.block.id), e.stored.as_slice()))
-            .collect();
-        store.put_many(&missing)?;
-    }
-    summary.zero_blocks = zero_uploads.len() as u64;
+    summary.zero_blocks = zero_blocks.upload_missing(store)?;
     summary.flist_bytes = w.finish()?;
     Ok(summary)
+}
+
+/// The rfs blocks of a regular file of `m`, in order; holes become all-zero blocks from `zeros`.
+fn file_blocks(
+    m: &ImageManifest,
+    ino: Ino,
+    size: u64,
+    zeros: &mut ZeroBlocks,
+) -> Result<Vec<flist::Block>, ImageError> {
+    let mut blocks = Vec::new();
+    for (i, c) in m.file_chunks(ino)?.into_iter().enumerate() {
+        blocks.push(match c {
+            Some(r) if r.encoding == ChunkEncoding::RfsBlock => flist::Block {
+                id: r.id.0,
+                key: r.key,
+            },
+            Some(_) => {
+                return Err(ImageError::Invalid(
+                    "the image's chunks are not rfs blocks (convert it)".into(),
+                ))
+            }
+            None => {
+                let len = (size - i as u64 * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64);
+                zeros.block_of_len(len)?
+            }
+        });
+    }
+    Ok(blocks)
+}
+
+/// The all-zero rfs blocks that stand for holes (an flist has no holes), one per length, encoded once.
+#[derive(Default)]
+struct ZeroBlocks {
+    by_len: HashMap<u64, flist::Block>,
+    encoded: Vec<flist::EncodedBlock>,
+}
+
+impl ZeroBlocks {
+    /// The block of `len` zero bytes, encoding it the first time.
+    fn block_of_len(&mut self, len: u64) -> Result<flist::Block, ImageError> {
+        if let Some(b) = self.by_len.get(&len) {
+            return Ok(*b);
+        }
+        let enc = flist::encode_block(&vec![0u8; len as usize])
+            .map_err(|e| ImageError::Invalid(e.to_string()))?;
+        let b = enc.block;
+        self.by_len.insert(len, b);
+        self.encoded.push(enc);
+        Ok(b)
+    }
+
+    /// Stores the blocks `store` lacks; returns how many zero blocks there are.
+    fn upload_missing(&self, store: &dyn ChunkStore) -> Result<u64, ImageError> {
+        if !self.encoded.is_empty() {
+            let ids: Vec<ChunkId> = self.encoded.iter().map(|e| ChunkId(e.block.id)).collect();
+            let held = store.has_many(&ids)?;
+            let missing: Vec<(ChunkId, &[u8])> = self
+                .encoded
+                .iter()
+                .zip(held)
+                .filter(|(_, h)| !h)
+                .map(|(e, _)| (ChunkId(e.block.id), e.stored.as_slice()))
+                .collect();
+            store.put_many(&missing)?;
+        }
+        Ok(self.encoded.len() as u64)
+    }
 }
 
 /// Options of [`pack_flist`] and [`convert_to_flist`].
