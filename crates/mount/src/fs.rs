@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 use image::{FileKind, ImageError, Ino, Inode};
 
@@ -29,6 +29,11 @@ const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const READDIR_PAGE: usize = 512;
 /// Readahead the filesystem asks the kernel for at init (the bdi setting raises it further).
 const MAX_READAHEAD: u32 = 1 << 20;
+/// Flags of every file open. `FOPEN_NOFLUSH`: a read-only file has nothing to flush, and without it
+/// every close of a file of this mount waits for this daemon's FLUSH answer, so a process exiting with
+/// files of the mount open (a layered daemon holding base files, or this daemon itself being killed)
+/// would wait forever on a daemon that is gone or is itself.
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
 /// How the open handles of one inode are served; the kernel forbids mixing the two on one inode.
 enum OpenMode {
@@ -274,13 +279,13 @@ impl Filesystem for ImageFs {
                 let backing = Arc::clone(backing);
                 drop(modes);
                 self.reader.fetcher().metrics().passthrough_opens.inc();
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+                reply.opened_passthrough(FileHandle(fh), OPEN_FLAGS, &backing);
                 return;
             }
             Some(OpenMode::Daemon { count }) => {
                 *count += 1;
                 drop(modes);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                reply.opened(FileHandle(fh), OPEN_FLAGS | FopenFlags::FOPEN_KEEP_CACHE);
                 return;
             }
             None => {}
@@ -297,13 +302,13 @@ impl Filesystem for ImageFs {
                 );
                 drop(modes);
                 self.reader.fetcher().metrics().passthrough_opens.inc();
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+                reply.opened_passthrough(FileHandle(fh), OPEN_FLAGS, &backing);
                 return;
             }
         }
         modes.insert(inode.ino, OpenMode::Daemon { count: 1 });
         drop(modes);
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        reply.opened(FileHandle(fh), OPEN_FLAGS | FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
@@ -377,7 +382,9 @@ impl Filesystem for ImageFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Opens carry FOPEN_NOFLUSH, so this only comes from a kernel that ignores it; ENOSYS makes
+        // the kernel stop sending FLUSH on this connection altogether.
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -472,6 +479,23 @@ impl Filesystem for ImageFs {
             Ok(None) => reply.error(Errno::ENXIO),
             Err(e) => reply.error(image_errno(&e)),
         }
+    }
+
+    /// No ioctl applies to an image file. Overlayfs asks for the inode flags (`FS_IOC_GETFLAGS`) of every
+    /// file it copies up and takes ENOTTY as "none"; answered here so that fuser does not log each one
+    /// as not implemented.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -201,3 +201,65 @@ pub fn read_at_full(f: &File, buf: &mut [u8], off: u64) -> usize {
     }
     done
 }
+
+/// The FUSE connection of the mount at `mnt` (its device minor: the name of its directory in
+/// /sys/fs/fuse/connections), read from /proc/self/mountinfo, which never waits on the filesystem.
+pub fn fuse_connection(mnt: &Path) -> Option<u32> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let point = mount::daemon::unescape_mount_field(fields.get(4)?);
+        let (major, minor) = fields.get(2)?.split_once(':')?;
+        (Path::new(&point) == mnt && major == "0")
+            .then(|| minor.parse().ok())
+            .flatten()
+    })
+}
+
+/// Aborts FUSE connection `conn` (`/sys/fs/fuse/connections/N/abort`): every process waiting on that
+/// mount, its daemon's own exit included, then gets ENOTCONN. The cleanup of a test whose mount hung;
+/// only for a connection known to be the test's and still in use (numbers are reused once a connection
+/// is gone), e.g. while its daemon or a process with a file of the mount open is not yet reaped.
+pub fn abort_fuse_connection(conn: u32) {
+    let abort = format!("/sys/fs/fuse/connections/{conn}/abort");
+    match fs::write(&abort, "1") {
+        Ok(()) => eprintln!("aborted FUSE connection {conn}"),
+        Err(e) => eprintln!("cannot abort FUSE connection {conn}: {e}"),
+    }
+}
+
+/// `statfs` of `mnt`, run in a child process so that a hung FUSE mount cannot hang the test: `None`
+/// when it did not answer within `deadline` (the child is killed), else `Ok` or the error it printed.
+pub fn statfs_within(mnt: &Path, deadline: Duration) -> Option<Result<(), String>> {
+    let mut child = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(mnt)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stat");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let mut child = ChildGuard::new(child);
+    if !exits_within(&mut child, deadline) {
+        return None;
+    }
+    let status = child.try_wait()?;
+    if status.success() {
+        return Some(Ok(()));
+    }
+    let mut err = String::new();
+    let _ = stderr.read_to_string(&mut err);
+    Some(Err(err))
+}
+
+/// Waits up to `deadline` for `child` to exit (and reaps it); whether it did.
+pub fn exits_within(child: &mut ChildGuard, deadline: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if child.try_wait().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
