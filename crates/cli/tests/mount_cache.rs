@@ -1,6 +1,7 @@
 //! The host cache under real mounts: a file turns passthrough the moment its last chunk lands, hydrate
 //! stores each byte once, a kill -9 mid-fill plus on-disk corruption never yields wrong bytes, eviction
-//! under a small limit keeps two mounts correct, and an old cache layout is cleared.
+//! under a small limit keeps two mounts correct, an old cache layout is cleared, and an ioctl is
+//! refused without a log line.
 
 mod common;
 
@@ -371,4 +372,35 @@ fn an_old_cache_layout_is_cleared_with_a_log_line() {
     assert!(!cache.join("chunks").exists() && !cache.join("files").exists());
     assert_eq!(read_all_files(&m.mnt), read_all_files(&src));
     assert!(is_mounted(&m.mnt));
+}
+
+/// An ioctl (overlayfs asks for the inode flags of every file it copies up) is refused quietly: the
+/// caller gets "not supported", the mount's log gets no line for it.
+#[test]
+fn an_ioctl_is_refused_without_a_log_line() {
+    if !fuse_available("an_ioctl_is_refused_without_a_log_line") {
+        return;
+    }
+    let (tmp, _, img, _) = sharing_image(128 << 10);
+    let m = Mounted::start(
+        &img,
+        &tmp.path().join("mnt"),
+        &tmp.path().join("cache"),
+        &[],
+    );
+    let out = Command::new("lsattr")
+        .arg(m.mnt.join("small.bin"))
+        .output()
+        .expect("run lsattr");
+    assert!(!out.status.success(), "FS_IOC_GETFLAGS succeeded");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not supported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !m.log_text().contains("ioctl"),
+        "the ioctl was logged: {}",
+        m.log_text()
+    );
 }
