@@ -11,13 +11,18 @@
 #      loopback, removed at exit), vs the raw fetch through the same link: the usual deployment, where
 #      the network and not the CPU limits;
 #   2. warm (hydrated) sequential read via the mount vs reading the same bytes from a local file;
-#      plus `thinnode hydrate` (fetch, verify, cache, assemble for passthrough) vs the raw fetch;
+#      plus `thinnode hydrate` (fetch, verify, write into the cache file, seal it for passthrough) vs
+#      the raw fetch;
 #   3. warm 4 KiB random-read IOPS via the mount vs the local file;
 #   4. mount ready time (`mount --daemon` returns only when the mount answers) for a 10-file and a
 #      many-file image.
 #
 #   bash bench/mount.sh [FILE_MIB] [MANY_FILES] [RUNS]     (defaults: 2048 MiB, 1000000 files, 3 runs)
+#   PARTS=cold,link,warm,ready (default: all) selects parts; LINKS="4gbit 8gbit 10gbit" the links of 1b.
 #
+# Every cold run is paired with its baseline (raw fetch, then the mount, same link, same round): the
+# ratios printed are medians of those per-round ratios, so a load change between rounds moves both
+# sides of a ratio alike.
 # Needs root and /dev/fuse. Sequential reads use `dd bs=1M`; warm figures read from the page cache on both
 # sides (the local file is read once before timing, the mount's file once after hydration).
 set -euo pipefail
@@ -26,6 +31,9 @@ cd "$(dirname "$0")/.."
 FILE_MIB=${1:-2048}
 MANY=${2:-1000000}
 RUNS=${3:-3}
+PARTS=${PARTS:-cold,link,warm,ready}
+LINKS=${LINKS:-4gbit 8gbit 10gbit}
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 cargo build --quiet --release -p thinnode --bin thinnode
@@ -78,6 +86,10 @@ raw_rate() {
 }
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+# the median of the per-round ratios of two same-length lists given as "a1 a2 …" "b1 b2 …"
+ratio_med() {
+  paste <(tr ' ' '\n' <<<"$1") <(tr ' ' '\n' <<<"$2") | awk '{printf "%.3f\n", $1 / $2}' | median
+}
 mount_img() { "$BIN" mount "$1" "$MNT" --cache "$2" --daemon --log "$WORK/mount.log" "${@:3}" >/dev/null 2>&1; }
 umount_img() { "$BIN" umount "$MNT" >/dev/null 2>&1; }
 
@@ -86,7 +98,9 @@ head -c "$((FILE_MIB << 20))" /dev/urandom >"$WORK/src/big.bin"
 sync
 "$BIN" pack "$WORK/src" --store "$URL" --out "$WORK/big.img" >/dev/null 2>&1
 
+ROWS=() NOTES=()
 # 1. cold sequential: fresh cache each run
+if part cold; then
 RAW_RATES=() DEC_RATES=() COLD_RATES=() RAW_CPU=() DEC_CPU=() COLD_CPU=()
 for r in $(seq "$RUNS"); do
   b0=$(busy)
@@ -99,6 +113,7 @@ for r in $(seq "$RUNS"); do
   COLD_RATES+=("$(dd_rate "$MNT/big.bin")")
   b4=$(busy)
   umount_img
+  rm -rf "$WORK/cold-cache-$r"
   RAW_CPU+=("$(cpu_per_gb "$b0" "$b1")") DEC_CPU+=("$(cpu_per_gb "$b1" "$b2")") COLD_CPU+=("$(cpu_per_gb "$b3" "$b4")")
 done
 # Reference for what the cold read cannot avoid: the kernel copying FILE_MIB MiB into page-cache pages it
@@ -115,22 +130,26 @@ for _ in $(seq "$RUNS"); do
   sleep 5 # let the freed pages go back to the host, as before the cold reads
 done
 FILL_MED=$(printf '%s\n' "${FILL_RATES[@]}" | median)
-# Cold caches are removed only now: deleting a thousand cache files just before the next run makes ext4
-# (no-journal here) scan past recently deleted inodes on every create, a cost of the benchmark loop, not
-# of a cold mount.
-rm -rf "$WORK"/cold-cache-*
 RAW_MED=$(printf '%s\n' "${RAW_RATES[@]}" | median)
 DEC_MED=$(printf '%s\n' "${DEC_RATES[@]}" | median)
 COLD_MED=$(printf '%s\n' "${COLD_RATES[@]}" | median)
 RAW_CPU_MED=$(printf '%s\n' "${RAW_CPU[@]}" | median)
 DEC_CPU_MED=$(printf '%s\n' "${DEC_CPU[@]}" | median)
 COLD_CPU_MED=$(printf '%s\n' "${COLD_CPU[@]}" | median)
+ROWS+=("| cold sequential read via mount (MB/s) | $COLD_MED | raw pipelined fetch: $RAW_MED | $(ratio_med "${COLD_RATES[*]}" "${RAW_RATES[*]}") |")
+ROWS+=("| cold sequential read via mount (MB/s) | $COLD_MED | pipelined fetch + verify/decode: $DEC_MED | $(ratio_med "${COLD_RATES[*]}" "${DEC_RATES[*]}") |")
+ROWS+=("| cold sequential read via mount (MB/s) | $COLD_MED | filling as much fresh page cache (dd of zeros to a new file): $FILL_MED | $(ratio "$COLD_MED" "$FILL_MED") |")
+NOTES+=("CPU of the cold phases, seconds (all processes) per GB, median: raw fetch $RAW_CPU_MED, fetch + verify/decode $DEC_CPU_MED, mount read $COLD_CPU_MED.")
+NOTES+=("When the fetch is CPU-bound, no reader that verifies can pass raw CPU / (fetch + decode) CPU = $(ratio "$RAW_CPU_MED" "$DEC_CPU_MED") of the raw fetch.")
+NOTES+=("cold runs (MB/s): mount ${COLD_RATES[*]}; raw fetch ${RAW_RATES[*]}; fetch + decode ${DEC_RATES[*]}; page-cache fill ${FILL_RATES[*]}")
+fi
 
 # 1b. cold read through a limited link
-LINK_ROWS=()
-if tc qdisc replace dev lo root tbf rate 10gbit burst 1mb limit 8mb 2>/dev/null; then
+if ! part link; then
+  :
+elif tc qdisc replace dev lo root tbf rate 10gbit burst 1mb limit 8mb 2>/dev/null; then
   LINKED=1
-  for link in 4gbit 8gbit 10gbit; do
+  for link in $LINKS; do
     tc qdisc replace dev lo root tbf rate "$link" burst 1mb limit 8mb
     LRAW=() LCOLD=()
     for r in $(seq "$RUNS"); do
@@ -138,19 +157,21 @@ if tc qdisc replace dev lo root tbf rate 10gbit burst 1mb limit 8mb 2>/dev/null;
       mount_img "$WORK/big.img" "$WORK/link-cache-$link-$r"
       LCOLD+=("$(dd_rate "$MNT/big.bin")")
       umount_img
+      rm -rf "$WORK/link-cache-$link-$r"
     done
     lraw=$(printf '%s\n' "${LRAW[@]}" | median)
     lcold=$(printf '%s\n' "${LCOLD[@]}" | median)
-    LINK_ROWS+=("| cold sequential read via mount, store behind a ${link%gbit} Gbit/s link (MB/s) | $lcold | raw pipelined fetch through the same link: $lraw | $(ratio "$lcold" "$lraw") |")
+    ROWS+=("| cold sequential read via mount, store behind a ${link%gbit} Gbit/s link (MB/s) | $lcold | raw pipelined fetch through the same link: $lraw | $(ratio_med "${LCOLD[*]}" "${LRAW[*]}") |")
+    NOTES+=("${link%gbit} Gbit/s link runs (MB/s): mount ${LCOLD[*]}; raw fetch ${LRAW[*]}")
   done
   tc qdisc del dev lo root
   LINKED=0
-  rm -rf "$WORK"/link-cache-*
 else
   echo "no tc tbf qdisc on loopback (needs root and sch_tbf): skipping the link-limited cold reads" >&2
 fi
 
 # 2./3. warm: hydrate once, then the mount serves the file by passthrough; local file from page cache
+if part warm; then
 t0=$(now)
 "$BIN" hydrate "$WORK/big.img" --cache "$WORK/warm-cache" --quiet >/dev/null 2>&1
 t1=$(now)
@@ -181,8 +202,17 @@ NOPT_MED=$(printf '%s\n' "${NOPT_RATES[@]}" | median)
 LIOPS_MED=$(printf '%s\n' "${LOCAL_IOPS[@]}" | median)
 WIOPS_MED=$(printf '%s\n' "${WARM_IOPS[@]}" | median)
 NIOPS_MED=$(printf '%s\n' "${NOPT_IOPS[@]}" | median)
+# The raw fetch of part 1 when it ran, else one measured now.
+HYD_BASE=${RAW_MED:-$(raw_rate)}
+ROWS+=("| hydrate: fetch, verify, write into the cache file and seal it (MB/s, one run) | $HYDRATE_RATE | raw pipelined fetch: $HYD_BASE | $(ratio "$HYDRATE_RATE" "$HYD_BASE") |")
+ROWS+=("| warm sequential read via mount, passthrough (MB/s) | $WARM_MED | local file: $LOCAL_MED | $(ratio_med "${WARM_RATES[*]}" "${LOCAL_RATES[*]}") |")
+ROWS+=("| warm sequential read via mount, no passthrough (MB/s) | $NOPT_MED | local file: $LOCAL_MED | $(ratio_med "${NOPT_RATES[*]}" "${LOCAL_RATES[*]}") |")
+ROWS+=("| warm 4 KiB random reads via mount, passthrough (IOPS, 2 threads) | $WIOPS_MED | local file: $LIOPS_MED | $(ratio_med "${WARM_IOPS[*]}" "${LOCAL_IOPS[*]}") |")
+ROWS+=("| warm 4 KiB random reads via mount, no passthrough (IOPS, 2 threads) | $NIOPS_MED | local file: $LIOPS_MED | $(ratio_med "${NOPT_IOPS[*]}" "${LOCAL_IOPS[*]}") |")
+fi
 
 # 4. mount ready time
+if part ready; then
 for i in $(seq 10); do echo "file $i" >"$WORK/small/f$i"; done
 "$BIN" pack "$WORK/small" --store "$URL" --out "$WORK/small.img" >/dev/null 2>&1
 echo "creating $MANY empty files in 1000 directories and packing them..." >&2
@@ -214,22 +244,11 @@ done
 SMALL_MED=$(printf '%s\n' "${SMALL_MS[@]}" | median)
 MANY_MED=$(printf '%s\n' "${MANY_MS[@]}" | median)
 MANY_IMG_MB=$(awk -v b="$(stat -c %s "$WORK/many.img")" 'BEGIN {printf "%.0f", b / 1e6}')
+ROWS+=("| mount ready, $MANY-file image ($MANY_IMG_MB MB manifest) (ms) | $MANY_MED | 10-file image: $SMALL_MED ms | $(ratio "$MANY_MED" "$SMALL_MED") |")
+fi
 
 printf '\nthinnode mount, %d MiB file, zdb on loopback, median of %d runs, %s cores\n\n' "$FILE_MIB" "$RUNS" "$(nproc)"
 printf '| measurement | result | baseline (same run) | ratio |\n|---|---:|---:|---:|\n'
-printf '| cold sequential read via mount (MB/s) | %s | raw pipelined fetch: %s | %s |\n' "$COLD_MED" "$RAW_MED" "$(ratio "$COLD_MED" "$RAW_MED")"
-printf '| cold sequential read via mount (MB/s) | %s | pipelined fetch + verify/decode: %s | %s |\n' "$COLD_MED" "$DEC_MED" "$(ratio "$COLD_MED" "$DEC_MED")"
-printf '| cold sequential read via mount (MB/s) | %s | filling as much fresh page cache (dd of zeros to a new file): %s | %s |\n' "$COLD_MED" "$FILL_MED" "$(ratio "$COLD_MED" "$FILL_MED")"
-for row in "${LINK_ROWS[@]}"; do echo "$row"; done
-printf '| hydrate: fetch, verify, cache and assemble the file (MB/s, one run) | %s | raw pipelined fetch: %s | %s |\n' "$HYDRATE_RATE" "$RAW_MED" "$(ratio "$HYDRATE_RATE" "$RAW_MED")"
-printf '| warm sequential read via mount, passthrough (MB/s) | %s | local file: %s | %s |\n' "$WARM_MED" "$LOCAL_MED" "$(ratio "$WARM_MED" "$LOCAL_MED")"
-printf '| warm sequential read via mount, no passthrough (MB/s) | %s | local file: %s | %s |\n' "$NOPT_MED" "$LOCAL_MED" "$(ratio "$NOPT_MED" "$LOCAL_MED")"
-printf '| warm 4 KiB random reads via mount, passthrough (IOPS, 2 threads) | %s | local file: %s | %s |\n' "$WIOPS_MED" "$LIOPS_MED" "$(ratio "$WIOPS_MED" "$LIOPS_MED")"
-printf '| warm 4 KiB random reads via mount, no passthrough (IOPS, 2 threads) | %s | local file: %s | %s |\n' "$NIOPS_MED" "$LIOPS_MED" "$(ratio "$NIOPS_MED" "$LIOPS_MED")"
-printf '| mount ready, %d-file image (%s MB manifest) (ms) | %s | 10-file image: %s ms | %s |\n' "$MANY" "$MANY_IMG_MB" "$MANY_MED" "$SMALL_MED" "$(ratio "$MANY_MED" "$SMALL_MED")"
-printf '\nCPU of the cold phases, seconds (all processes) per GB, median: raw fetch %s, fetch + verify/decode %s, mount read %s.\n' \
-  "$RAW_CPU_MED" "$DEC_CPU_MED" "$COLD_CPU_MED"
-printf 'When the fetch is CPU-bound, no reader that verifies can pass raw CPU / (fetch + decode) CPU = %s of the raw fetch.\n' \
-  "$(ratio "$RAW_CPU_MED" "$DEC_CPU_MED")"
-printf '\ncold runs (MB/s): mount %s; raw fetch %s; fetch + decode %s; page-cache fill %s\n' \
-  "${COLD_RATES[*]}" "${RAW_RATES[*]}" "${DEC_RATES[*]}" "${FILL_RATES[*]}"
+for row in "${ROWS[@]}"; do echo "$row"; done
+echo
+for note in "${NOTES[@]}"; do echo "$note"; done
