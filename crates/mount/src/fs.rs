@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -19,6 +19,7 @@ use fuser::{
     ReplyXattr, Request,
 };
 use image::{FileKind, ImageError, Ino, Inode};
+use parking_lot::Mutex;
 
 use crate::cache_file::{direct_io_len, AlignedBuf};
 use crate::engine::{BaseReader, OpenFile, ReadError, ReadState};
@@ -46,7 +47,7 @@ enum OpenMode {
 /// One open file handle.
 struct Handle {
     file: Arc<OpenFile>,
-    state: parking_lot::Mutex<ReadState>,
+    state: Mutex<ReadState>,
 }
 
 thread_local! {
@@ -153,7 +154,7 @@ impl ImageFs {
 
     /// A printable path of `ino` as far as lookups have revealed it.
     fn path_of(&self, ino: Ino) -> String {
-        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let names = self.names.lock();
         let mut parts = Vec::new();
         let mut cur = ino;
         while let Some((parent, name)) = names.get(&cur) {
@@ -171,7 +172,7 @@ impl ImageFs {
     }
 
     fn remember(&self, parent: Ino, name: &[u8], ino: Ino) {
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names = self.names.lock();
         names.entry(ino).or_insert_with(|| (parent, name.to_vec()));
     }
 
@@ -260,19 +261,16 @@ impl Filesystem for ImageFs {
             }
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                fh,
-                Arc::new(Handle {
-                    file: Arc::clone(&file),
-                    state: parking_lot::Mutex::new(ReadState::default()),
-                }),
-            );
+        self.handles.lock().insert(
+            fh,
+            Arc::new(Handle {
+                file: Arc::clone(&file),
+                state: Mutex::new(ReadState::default()),
+            }),
+        );
 
         // Reuse the inode's current mode; only a first open may choose passthrough.
-        let mut modes = self.modes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut modes = self.modes.lock();
         match modes.get_mut(&inode.ino) {
             Some(OpenMode::Passthrough { backing, count }) => {
                 *count += 1;
@@ -322,12 +320,7 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let handle = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned();
+        let handle = self.handles.lock().get(&fh.0).cloned();
         let file = match handle.as_ref() {
             Some(h) => Arc::clone(&h.file),
             None => match self.reader.open(ino.0) {
@@ -356,11 +349,8 @@ impl Filesystem for ImageFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
-        let mut modes = self.modes.lock().unwrap_or_else(|p| p.into_inner());
+        self.handles.lock().remove(&fh.0);
+        let mut modes = self.modes.lock();
         let last = match modes.get_mut(&ino.0) {
             Some(OpenMode::Daemon { count }) | Some(OpenMode::Passthrough { count, .. }) => {
                 *count = count.saturating_sub(1);
@@ -418,7 +408,6 @@ impl Filesystem for ImageFs {
             let parent = self
                 .names
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
                 .get(&ino.0)
                 .map(|(p, _)| *p)
                 .unwrap_or(ino.0);

@@ -8,9 +8,9 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use image::Ino;
+use parking_lot::Mutex;
 use store::ChunkId;
 
 /// Errors reading or writing a trace file.
@@ -61,9 +61,7 @@ impl TraceRecorder {
 
     /// Records an access; only the first access of each chunk is written.
     pub fn record(&self, ino: Ino, chunk_index: u64, id: &ChunkId) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
+        let mut state = self.state.lock();
         if !state.1.insert(*id) {
             return;
         }
