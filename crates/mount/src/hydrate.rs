@@ -153,14 +153,23 @@ struct Tally {
     sealed: u64,
 }
 
-/// Fetches the selection into `fetcher`'s host cache and seals every complete file. `progress` is
-/// called after every unit of work.
-pub fn hydrate(
+/// The distinct file contents of a selection and the distinct chunks they hold.
+struct Selection {
+    files: Vec<FileWork>,
+    /// The content (index into `files`) of every selected regular file.
+    file_of_ino: HashMap<Ino, usize>,
+    /// Plaintext length of every distinct chunk.
+    chunk_bytes: HashMap<ChunkId, u32>,
+    /// Plaintext bytes to hydrate, a chunk counted once per content holding it.
+    total_bytes: u64,
+}
+
+/// The regular files `options` selects (every file of the image without paths), by distinct content.
+fn select(
     manifest: &ImageManifest,
-    fetcher: &Fetcher,
     options: &HydrateOptions,
-    progress: &(dyn Fn(&HydrateProgress) + Sync),
-) -> Result<HydrateReport, HydrateError> {
+    cs: u64,
+) -> Result<Selection, HydrateError> {
     let mut inos = Vec::new();
     if options.paths.is_empty() {
         regular_files(manifest, ROOT_INO, &mut inos)?;
@@ -170,32 +179,31 @@ pub fn hydrate(
             regular_files(manifest, ino, &mut inos)?;
         }
     }
-    let cs = u64::from(manifest.chunk_size()).max(1);
-
-    // Distinct contents, and the distinct chunks of the selection.
-    let mut files: Vec<FileWork> = Vec::new();
-    let mut file_of_ino: HashMap<Ino, usize> = HashMap::new();
+    let mut sel = Selection {
+        files: Vec::new(),
+        file_of_ino: HashMap::new(),
+        chunk_bytes: HashMap::new(),
+        total_bytes: 0,
+    };
     let mut by_key: HashMap<FileKey, usize> = HashMap::new();
-    let mut chunk_bytes: HashMap<ChunkId, u32> = HashMap::new();
-    let mut total_bytes = 0u64;
     for ino in inos {
         let size = manifest.getattr(ino)?.size;
-        if size == 0 || file_of_ino.contains_key(&ino) {
+        if size == 0 || sel.file_of_ino.contains_key(&ino) {
             continue;
         }
         let chunks = manifest.file_chunks(ino)?;
         let key = FileKey::of(size, cs, &chunks);
         if let Some(&n) = by_key.get(&key) {
-            file_of_ino.insert(ino, n);
+            sel.file_of_ino.insert(ino, n);
             continue;
         }
         for r in chunks.iter().flatten() {
-            chunk_bytes.insert(r.id, r.plain_len);
-            total_bytes += u64::from(r.plain_len);
+            sel.chunk_bytes.insert(r.id, r.plain_len);
+            sel.total_bytes += u64::from(r.plain_len);
         }
-        by_key.insert(key, files.len());
-        file_of_ino.insert(ino, files.len());
-        files.push(FileWork {
+        by_key.insert(key, sel.files.len());
+        sel.file_of_ino.insert(ino, sel.files.len());
+        sel.files.push(FileWork {
             ino,
             size,
             key,
@@ -203,13 +211,22 @@ pub fn hydrate(
             open: Mutex::new(None),
         });
     }
+    Ok(sel)
+}
 
-    // Traced chunks first (each its own unit), then every file in order.
+/// The units of work: the traced chunks first (each its own unit, when `options` has a trace), then
+/// every file in order, `UNIT_CHUNKS` chunks at a time. Counts each file's units.
+fn plan_units(
+    manifest: &ImageManifest,
+    options: &HydrateOptions,
+    sel: &Selection,
+    cs: u64,
+) -> Result<Vec<Unit>, HydrateError> {
     let mut units: Vec<Unit> = Vec::new();
     if let Some(path) = &options.trace {
         let mut seen = HashSet::new();
         for entry in trace::load(path)? {
-            let Some(&file) = file_of_ino.get(&entry.ino) else {
+            let Some(&file) = sel.file_of_ino.get(&entry.ino) else {
                 continue;
             };
             let current = manifest.chunk(entry.ino, entry.chunk_index);
@@ -224,7 +241,7 @@ pub fn hydrate(
             }
         }
     }
-    for (n, f) in files.iter().enumerate() {
+    for (n, f) in sel.files.iter().enumerate() {
         let count = f.size.div_ceil(cs);
         let mut start = 0;
         while start < count {
@@ -238,15 +255,29 @@ pub fn hydrate(
         }
     }
     for u in &units {
-        if let Some(f) = files.get(u.file) {
+        if let Some(f) = sel.files.get(u.file) {
             f.units_left.fetch_add(1, Ordering::Relaxed);
         }
     }
+    Ok(units)
+}
 
+/// Fetches the selection into `fetcher`'s host cache and seals every complete file. `progress` is
+/// called after every unit of work.
+pub fn hydrate(
+    manifest: &ImageManifest,
+    fetcher: &Fetcher,
+    options: &HydrateOptions,
+    progress: &(dyn Fn(&HydrateProgress) + Sync),
+) -> Result<HydrateReport, HydrateError> {
+    let cs = u64::from(manifest.chunk_size()).max(1);
+    let sel = select(manifest, options, cs)?;
+    let units = plan_units(manifest, options, &sel, cs)?;
+    let files = &sel.files;
     let tally = Mutex::new(Tally {
         progress: HydrateProgress {
             done_bytes: 0,
-            total_bytes,
+            total_bytes: sel.total_bytes,
         },
         ..Tally::default()
     });
@@ -273,9 +304,9 @@ pub fn hydrate(
     let tally = tally.into_inner();
     let failed = tally.needed.values().filter(|failed| **failed).count() as u64;
     Ok(HydrateReport {
-        chunks: chunk_bytes.len() as u64,
-        bytes: chunk_bytes.values().map(|b| u64::from(*b)).sum(),
-        already_cached: (chunk_bytes.len() - tally.needed.len()) as u64,
+        chunks: sel.chunk_bytes.len() as u64,
+        bytes: sel.chunk_bytes.values().map(|b| u64::from(*b)).sum(),
+        already_cached: (sel.chunk_bytes.len() - tally.needed.len()) as u64,
         failures: tally.failures,
         failed,
         files_sealed: tally.sealed,

@@ -66,96 +66,42 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh set of metrics registered under the `thinnode_mount` prefix.
     pub fn new() -> Self {
-        let chunks_fetched = Counter::default();
-        let bytes_fetched = Counter::default();
-        let cache_hits = Counter::default();
-        let cache_misses = Counter::default();
-        let bytes_read = Counter::default();
-        let store_errors = Counter::default();
-        let corrupt_chunks = Counter::default();
-        let read_errors = Counter::default();
-        let passthrough_opens = Counter::default();
-        let layer_passthrough_opens = Counter::default();
-        let local_copies = Counter::default();
-        let files_sealed = Counter::default();
-        let readahead_chunks = Counter::default();
-        let fetches_in_flight = Gauge::default();
-        let fetch_latency_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let mut registry = Registry::with_prefix("thinnode_mount");
-        registry.register(
-            "chunks_fetched",
-            "Chunks fetched from a store and verified",
-            chunks_fetched.clone(),
-        );
-        registry.register(
-            "fetched_bytes",
-            "Stored bytes fetched from stores",
-            bytes_fetched.clone(),
-        );
-        registry.register(
-            "cache_hits",
-            "Chunk reads served from the cache",
-            cache_hits.clone(),
-        );
-        registry.register(
-            "cache_misses",
-            "Chunk reads that went to a store",
-            cache_misses.clone(),
-        );
-        registry.register(
-            "read_bytes",
-            "Bytes returned to filesystem readers",
-            bytes_read.clone(),
-        );
-        registry.register(
-            "store_errors",
-            "Failed store requests, retries included",
-            store_errors.clone(),
-        );
-        registry.register(
-            "corrupt_chunks",
-            "Chunks that failed verification",
-            corrupt_chunks.clone(),
-        );
-        registry.register(
-            "read_errors",
-            "Reads answered with EIO",
-            read_errors.clone(),
-        );
-        registry.register(
-            "passthrough_opens",
-            "Opens served by FUSE passthrough",
-            passthrough_opens.clone(),
-        );
-        registry.register(
+        let mut counter =
+            |name: &str, help: &str| registered(&mut registry, name, help, Counter::default());
+        let chunks_fetched = counter("chunks_fetched", "Chunks fetched from a store and verified");
+        let bytes_fetched = counter("fetched_bytes", "Stored bytes fetched from stores");
+        let cache_hits = counter("cache_hits", "Chunk reads served from the cache");
+        let cache_misses = counter("cache_misses", "Chunk reads that went to a store");
+        let bytes_read = counter("read_bytes", "Bytes returned to filesystem readers");
+        let store_errors = counter("store_errors", "Failed store requests, retries included");
+        let corrupt_chunks = counter("corrupt_chunks", "Chunks that failed verification");
+        let read_errors = counter("read_errors", "Reads answered with EIO");
+        let passthrough_opens = counter("passthrough_opens", "Opens served by FUSE passthrough");
+        let layer_passthrough_opens = counter(
             "layer_passthrough_opens",
             "Opens of unwritten base files in a blocks layer served by FUSE passthrough",
-            layer_passthrough_opens.clone(),
         );
-        registry.register(
+        let local_copies = counter(
             "local_copies",
             "Chunks copied from another host-cache file instead of fetched",
-            local_copies.clone(),
         );
-        registry.register(
+        let files_sealed = counter(
             "files_sealed",
             "Host-cache files sealed (complete and verified, passthrough-ready)",
-            files_sealed.clone(),
         );
-        registry.register(
-            "readahead_chunks",
-            "Chunks requested by readahead",
-            readahead_chunks.clone(),
-        );
-        registry.register(
+        let readahead_chunks = counter("readahead_chunks", "Chunks requested by readahead");
+        let fetches_in_flight = registered(
+            &mut registry,
             "fetches_in_flight",
             "Store requests in flight",
-            fetches_in_flight.clone(),
+            Gauge::default(),
         );
-        registry.register(
+        let fetch_latency_seconds = registered(
+            &mut registry,
             "fetch_latency_seconds",
             "Latency of one store request",
-            fetch_latency_seconds.clone(),
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         );
         Metrics {
             chunks_fetched,
@@ -185,6 +131,17 @@ impl Metrics {
         }
         out
     }
+}
+
+/// `metric`, registered in `registry` under `name` with `help`.
+fn registered<M: Clone + prometheus_client::registry::Metric>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// Serves `metrics` over HTTP on `addr` (any path) from a background thread. Returns the bound address.
