@@ -91,7 +91,7 @@ fn fsynced_writes_survive_sigkill_of_the_server() {
 
     server.kill();
     assert!(
-        mount::daemon::is_stale_mount(&mnt),
+        mount::is_stale_mount(&mnt),
         "the killed server should leave a dead mount"
     );
 

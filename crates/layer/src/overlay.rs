@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use mount::daemon::unescape_mount_field;
+use mount::unescape_mount_field;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};

@@ -15,8 +15,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mount::daemon::{self, MountConfig, MountRecord, MountedImage};
 use mount::{BaseReader, OpenFile};
+use mount::{MountConfig, MountRecord, MountedImage};
 
 use crate::{
     io_err, BaseFile, BaseFiles, BlocksLayer, BlocksMount, BlocksOptions, Error, LayerKind,
@@ -140,21 +140,21 @@ impl LayeredMount {
             Ok(_) | Err(Error::NotALayer(_)) => {}
             Err(e) => return Err(e),
         }
-        let target = daemon::absolute_mountpoint(target).map_err(mount_err("mount target"))?;
+        let target = mount::absolute_mountpoint(target).map_err(mount_err("mount target"))?;
         // A daemon killed earlier leaves its mounts behind: clear them first.
-        if daemon::is_mountpoint(&target) {
-            daemon::unmount_path(&target, std::time::Duration::from_secs(10))
+        if mount::is_mountpoint(&target) {
+            mount::unmount_path(&target, std::time::Duration::from_secs(10))
                 .map_err(mount_err("clear the old mount"))?;
         }
-        if daemon::is_mountpoint(&target) {
+        if mount::is_mountpoint(&target) {
             return Err(Error::MountPrecondition(format!(
                 "{} is already a mountpoint",
                 target.display()
             )));
         }
         let lower = layer_dir.join(LOWER_DIR);
-        if daemon::is_mountpoint(&lower) {
-            daemon::unmount_path(&lower, std::time::Duration::from_secs(10))
+        if mount::is_mountpoint(&lower) {
+            mount::unmount_path(&lower, std::time::Duration::from_secs(10))
                 .map_err(mount_err("clear the old image mount"))?;
         }
         fs::create_dir_all(&lower).map_err(io_err("create directory", &lower))?;
@@ -188,7 +188,7 @@ impl LayeredMount {
             }
         };
         stacked.top = Some(top);
-        daemon::write_record(&MountRecord {
+        mount::write_record(&MountRecord {
             pid: std::process::id(),
             image: image_path,
             mountpoint: target,
@@ -229,13 +229,13 @@ impl LayeredMount {
             Some(Top::Blocks(mount)) => mount.is_running(),
             None => false,
         };
-        top_up && daemon::is_mountpoint(&self.lower)
+        top_up && mount::is_mountpoint(&self.lower)
     }
 
-    /// Serves until a shutdown signal arrives (see [`daemon::install_shutdown_handler`]) or the top is
+    /// Serves until a shutdown signal arrives (see [`mount::install_shutdown_handler`]) or the top is
     /// unmounted from outside, then unmounts both.
     pub fn serve(self) -> Result<()> {
-        while !daemon::shutdown_requested() && self.is_running() {
+        while !mount::shutdown_requested() && self.is_running() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         self.unmount()
@@ -247,7 +247,7 @@ impl LayeredMount {
     }
 
     fn stop(&mut self) -> Result<()> {
-        daemon::remove_record(&self.target, std::process::id());
+        mount::remove_record(&self.target, std::process::id());
         let mut result = Ok(());
         match self.top.take() {
             Some(Top::Overlay(layer)) if overlay_mounted(&layer, &self.target) => {

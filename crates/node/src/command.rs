@@ -8,8 +8,6 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use mount::daemon;
-
 use crate::error::{io_err, NodeError, Result};
 use crate::logs::{pump, SharedLog};
 use crate::state::{NodeRecord, StateDir};
@@ -84,7 +82,7 @@ pub(crate) fn spawn(state: &StateDir, record: &NodeRecord, log: &SharedLog) -> R
         .current_dir(state.node_dir(&record.name))
         .env("THINNODE_NODE", &record.name)
         .env("THINNODE_DATA", &data)
-        .env_remove(daemon::READY_FD_ENV)
+        .env_remove(mount::READY_FD_ENV)
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::from(writer))

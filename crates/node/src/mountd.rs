@@ -12,8 +12,6 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use mount::daemon;
-
 use crate::error::{io_err, NodeError, Result};
 use crate::process::ProcessStamp;
 use crate::state::{NodeRecord, StateDir};
@@ -83,7 +81,7 @@ impl MountDaemon {
         let ready_fd = ready_write.as_raw_fd();
         let mut cmd = Command::new(exe);
         cmd.args(mount_args(state, record))
-            .env(daemon::READY_FD_ENV, ready_fd.to_string())
+            .env(mount::READY_FD_ENV, ready_fd.to_string())
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::from(out_write))
@@ -184,8 +182,8 @@ pub(crate) fn clear_mounts(state: &StateDir, name: &str) -> Result<()> {
     let data = state.data_dir(name);
     let lower = state.layer_dir(name).join(layer::LOWER_DIR);
     for path in [data, lower] {
-        if (path.exists() || daemon::is_stale_mount(&path)) && daemon::is_mountpoint(&path) {
-            daemon::unmount_path(&path, UNMOUNT_TIMEOUT)?;
+        if (path.exists() || mount::is_stale_mount(&path)) && mount::is_mountpoint(&path) {
+            mount::unmount_path(&path, UNMOUNT_TIMEOUT)?;
         }
     }
     Ok(())

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use layer::{LayerKind, LayeredMount};
-use mount::daemon;
 
 use crate::base;
 use crate::command::port_placeholders;
@@ -117,8 +116,8 @@ fn clean_after_crash(state: &StateDir, record: &mut NodeRecord) -> Result<()> {
 
 /// The mount settings of a node (its image, host cache, stores, and the key its image must be signed
 /// by, when it has one), for mounts made in this process.
-fn mount_config(record: &NodeRecord) -> Result<daemon::MountConfig> {
-    let mut config = daemon::MountConfig::new(
+fn mount_config(record: &NodeRecord) -> Result<mount::MountConfig> {
+    let mut config = mount::MountConfig::new(
         record.image.clone(),
         // Replaced by LayeredMount with the mountpoint inside the layer directory.
         record.image.clone(),
@@ -304,7 +303,7 @@ pub fn start(state: &StateDir, name: &str, opts: &StartOptions, exe: &Path) -> R
         name.into(),
     ];
     let started = Instant::now();
-    if let Err(e) = daemon::spawn_detached(exe, &args, &state.supervisor_log_path(name)) {
+    if let Err(e) = mount::spawn_detached(exe, &args, &state.supervisor_log_path(name)) {
         let mut record = state.read(name)?;
         if record.state != NodeState::Failed {
             record.state = NodeState::Failed;
@@ -577,7 +576,7 @@ pub fn remove(state: &StateDir, name: &str, force: bool, timeout: Duration) -> R
     let data = state.data_dir(name);
     let lower = state.layer_dir(name).join(layer::LOWER_DIR);
     for path in [&data, &lower] {
-        if daemon::is_mountpoint(path) {
+        if mount::is_mountpoint(path) {
             return Err(NodeError::Invalid {
                 name: name.to_string(),
                 reason: format!("{} is still mounted; not removing anything", path.display()),

@@ -18,7 +18,6 @@ use std::process::{Child, ExitStatus};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mount::daemon;
 use parking_lot::Mutex;
 
 use crate::command;
@@ -64,13 +63,13 @@ enum Event {
 /// unmounted. A node that failed is returned with state `Failed`.
 pub fn supervise(state: &StateDir, name: &str, opts: &SuperviseOptions) -> Result<NodeRecord> {
     keep_ready_pipe_from_children();
-    let result = daemon::install_shutdown_handler()
+    let result = mount::install_shutdown_handler()
         .map_err(NodeError::from)
         .and_then(|()| Supervisor::open(state, name, opts))
         .and_then(|mut s| s.run());
     if let Err(e) = &result {
         // Harmless when readiness was already reported: the pipe is gone then.
-        daemon::notify_ready(Err(e.to_string()));
+        mount::notify_ready(Err(e.to_string()));
         service::notify_service_manager(false, &format!("failed: {e}"));
         if let Ok(mut record) = state.read(name) {
             record.state = NodeState::Failed;
@@ -91,7 +90,7 @@ pub fn supervise(state: &StateDir, name: &str, opts: &SuperviseOptions) -> Resul
 /// Marks the readiness pipe inherited from `node start` close-on-exec, so neither the node command nor
 /// the mount daemon inherits it (`node start` waits until every copy of it is closed).
 fn keep_ready_pipe_from_children() {
-    let Some(fd) = std::env::var(daemon::READY_FD_ENV)
+    let Some(fd) = std::env::var(mount::READY_FD_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
     else {
@@ -110,12 +109,12 @@ fn keep_ready_pipe_from_children() {
 fn sleep_unless_shutdown(delay: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < delay {
-        if daemon::shutdown_requested() {
+        if mount::shutdown_requested() {
             return false;
         }
         std::thread::sleep(POLL);
     }
-    !daemon::shutdown_requested()
+    !mount::shutdown_requested()
 }
 
 fn millis(d: Duration) -> u64 {
@@ -232,7 +231,7 @@ impl<'a> Supervisor<'a> {
         self.record.state = NodeState::Running;
         self.record.ready_ms = Some(millis(started.elapsed()));
         self.save()?;
-        daemon::notify_ready(Ok(()));
+        mount::notify_ready(Ok(()));
         service::notify_service_manager(true, "running");
         self.log(&format!(
             "running (pid {}, mount daemon pid {})",
@@ -359,7 +358,7 @@ impl<'a> Supervisor<'a> {
         child: &mut Child,
     ) -> std::result::Result<Event, String> {
         loop {
-            if daemon::shutdown_requested() {
+            if mount::shutdown_requested() {
                 return Ok(Event::Shutdown);
             }
             self.rotate_own_log();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mount::hydrate::{hydrate, HydrateOptions, HydrateProgress};
+use mount::{hydrate, HydrateOptions, HydrateProgress};
 use mount::{CacheConfig, FetchConfig, Fetcher, HostCache, Metrics};
 use units::{parse_rate, parse_size};
 
@@ -47,9 +47,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     logging::init("warn");
 
     let record = if args.target.is_dir() {
-        let mnt = mount::daemon::absolute_mountpoint(&args.target)?;
+        let mnt = mount::absolute_mountpoint(&args.target)?;
         Some(
-            mount::daemon::read_record(&mnt)
+            mount::read_record(&mnt)
                 .with_context(|| format!("{} is not a running thinnode mount", mnt.display()))?,
         )
     } else {
@@ -73,8 +73,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.stores.clone(),
         ),
     };
-    let manifest = mount::daemon::open_image(&image, None)?;
-    let stores = mount::stores::open_stores(&manifest.stores(), &overrides);
+    let manifest = mount::open_image(&image, None)?;
+    let stores = mount::open_stores(&manifest.stores(), &overrides)?;
     if stores.is_empty() {
         anyhow::bail!("the image records no store; pass --store");
     }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use mount::daemon::{self, MountConfig, MountedImage};
 use mount::{CacheConfig, FetchConfig};
+use mount::{MountConfig, MountedImage};
 use units::parse_size;
 
 /// Arguments of `thinnode mount`.
@@ -89,13 +89,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let result = mount_and_serve(args);
     if let Err(e) = &result {
-        daemon::notify_ready(Err(format!("{e:#}")));
+        mount::notify_ready(Err(format!("{e:#}")));
     }
     result
 }
 
 fn run_detached(args: &Args) -> anyhow::Result<()> {
-    let mountpoint = daemon::absolute_mountpoint(&args.mountpoint)?;
+    let mountpoint = mount::absolute_mountpoint(&args.mountpoint)?;
     let log = args.log.clone().unwrap_or_else(|| {
         let name: String = mountpoint
             .to_string_lossy()
@@ -111,7 +111,7 @@ fn run_detached(args: &Args) -> anyhow::Result<()> {
         .filter(|a| a != "--daemon")
         .collect();
     let started = Instant::now();
-    let pid = daemon::spawn_detached(&program, &child_args, &log)
+    let pid = mount::spawn_detached(&program, &child_args, &log)
         .with_context(|| format!("mount {}", mountpoint.display()))?;
     eprintln!(
         "mounted {} at {} (daemon pid {pid}, ready in {} ms, log {})",
@@ -125,7 +125,7 @@ fn run_detached(args: &Args) -> anyhow::Result<()> {
 
 fn mount_and_serve(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    daemon::install_shutdown_handler()?;
+    mount::install_shutdown_handler()?;
     let trusted_key = match &args.trust {
         Some(p) => Some(
             image::read_verifying_key(p)
@@ -181,7 +181,7 @@ fn mount_and_serve(args: Args) -> anyhow::Result<()> {
             mounted.layer_dir().display(),
             started.elapsed().as_millis()
         );
-        daemon::notify_ready(Ok(()));
+        mount::notify_ready(Ok(()));
         node::notify_service_manager(true, "mounted");
         mounted.serve()?;
         return Ok(());
@@ -203,7 +203,7 @@ fn mount_and_serve(args: Args) -> anyhow::Result<()> {
         mounted.mountpoint().display(),
         started.elapsed().as_millis()
     );
-    daemon::notify_ready(Ok(()));
+    mount::notify_ready(Ok(()));
     node::notify_service_manager(true, "mounted");
     mounted.serve()?;
     Ok(())

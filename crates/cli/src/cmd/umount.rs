@@ -17,7 +17,7 @@ pub struct Args {
 
 /// Runs `thinnode umount`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    mount::daemon::unmount_path(&args.mountpoint, Duration::from_secs(args.timeout))
+    mount::unmount_path(&args.mountpoint, Duration::from_secs(args.timeout))
         .with_context(|| format!("unmount {}", args.mountpoint.display()))?;
     eprintln!("unmounted {}", args.mountpoint.display());
     Ok(())

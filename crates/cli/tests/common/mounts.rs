@@ -208,7 +208,7 @@ pub fn fuse_connection(mnt: &Path) -> Option<u32> {
     let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
     text.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
-        let point = mount::daemon::unescape_mount_field(fields.get(4)?);
+        let point = mount::unescape_mount_field(fields.get(4)?);
         let (major, minor) = fields.get(2)?.split_once(':')?;
         (Path::new(&point) == mnt && major == "0")
             .then(|| minor.parse().ok())

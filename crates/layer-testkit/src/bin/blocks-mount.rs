@@ -11,14 +11,14 @@ use std::time::Duration;
 use layer::{BlocksLayer, BlocksOptions};
 
 fn serve(layer_dir: &Path, lower: &Path, target: &Path) -> Result<(), String> {
-    mount::daemon::install_shutdown_handler().map_err(|e| e.to_string())?;
+    mount::install_shutdown_handler().map_err(|e| e.to_string())?;
     let layer = BlocksLayer::open_or_create(layer_dir, BlocksOptions::default())
         .map_err(|e| e.to_string())?;
     let mounted = layer.mount(lower, target).map_err(|e| e.to_string())?;
     let mut out = std::io::stdout();
     writeln!(out, "READY").map_err(|e| e.to_string())?;
     out.flush().map_err(|e| e.to_string())?;
-    while mounted.is_running() && !mount::daemon::shutdown_requested() {
+    while mounted.is_running() && !mount::shutdown_requested() {
         std::thread::sleep(Duration::from_millis(25));
     }
     mounted.unmount().map_err(|e| e.to_string())

@@ -537,7 +537,7 @@ impl Filesystem for BlocksFs {
         let node = tri!(reply, self.state.node(ino));
         match tree::get_xattr(&node.proc_path(), name.as_bytes()) {
             Ok(Some(value)) => {
-                mount::fs::reply_xattr_bytes(reply, &value, size);
+                mount::reply_xattr_bytes(reply, &value, size);
             }
             Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
             Err(e) => reply.error(errno_of(&e)),
@@ -557,7 +557,7 @@ impl Filesystem for BlocksFs {
                 list.push(0);
             }
         }
-        mount::fs::reply_xattr_bytes(reply, &list, size);
+        mount::reply_xattr_bytes(reply, &list, size);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

@@ -26,7 +26,7 @@ mod tree;
 
 pub use mounted::BlocksMount;
 
-use mount::daemon::unescape_mount_field;
+use mount::unescape_mount_field;
 use serde::{Deserialize, Serialize};
 use std::fs as stdfs;
 use std::io;
@@ -202,7 +202,7 @@ impl BlocksLayer {
         let lower = stdfs::canonicalize(lower).map_err(io_err("resolve lower dir", lower))?;
         // A dead mount left at the target by a killed server ("Transport endpoint is not connected").
         let target_abs = std::path::absolute(target).map_err(io_err("resolve", target))?;
-        match mount::daemon::clean_stale_mount(&target_abs) {
+        match mount::clean_stale_mount(&target_abs) {
             Ok(true) => tracing::warn!(
                 "{}: detached the dead mount of a killed server",
                 target_abs.display()
