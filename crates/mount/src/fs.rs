@@ -110,7 +110,7 @@ pub fn reply_xattr_bytes(reply: ReplyXattr, bytes: &[u8], size: u32) {
 }
 
 /// The FUSE attributes of `inode`.
-pub fn file_attr(inode: &Inode) -> FileAttr {
+pub(crate) fn file_attr(inode: &Inode) -> FileAttr {
     let t = mtime(inode);
     FileAttr {
         ino: INodeNo(inode.ino),

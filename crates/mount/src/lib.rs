@@ -39,20 +39,16 @@ pub use detach::{notify_ready, spawn_detached, READY_FD_ENV};
 pub use engine::{BaseReader, OpenFile, ReadError};
 pub use error::MountError;
 pub use fetch::{ChunkBytes, Dest, FetchConfig, FetchError, Fetcher};
-pub use fs::{file_attr, reply_xattr_bytes, ImageFs};
+pub use fs::{reply_xattr_bytes, ImageFs};
 pub use hydrate::{hydrate, HydrateError, HydrateOptions, HydrateProgress, HydrateReport};
 pub use metrics::Metrics;
 pub use mountpoint::{
-    absolute_mountpoint, clean_stale_mount, is_mountpoint, is_stale_mount, set_read_ahead,
-    unescape_mount_field, unmount_path, READ_AHEAD_KB,
+    absolute_mountpoint, clean_stale_mount, is_mountpoint, is_stale_mount, unescape_mount_field,
+    unmount_path,
 };
-pub use records::{
-    prune_dead_records, read_record, remove_record, write_record, MountRecord, RUN_DIR,
-};
+pub use records::{read_record, remove_record, write_record, MountRecord, RUN_DIR};
 pub use signals::{install_shutdown_handler, shutdown_requested};
 pub use trace::{TraceEntry, TraceError, TraceRecorder};
 
 /// The default host cache directory.
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/thinnode";
-/// The default host cache size limit (50 GB).
-pub const DEFAULT_CACHE_BYTES: u64 = 50_000_000_000;

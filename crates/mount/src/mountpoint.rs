@@ -12,7 +12,7 @@ use crate::error::{io_ctx, MountError};
 use crate::records::{read_record, record_path};
 
 /// The kernel readahead set on every mount, in KiB (makes 1 MiB read requests).
-pub const READ_AHEAD_KB: u32 = 1024;
+pub(crate) const READ_AHEAD_KB: u32 = 1024;
 
 /// An absolute form of `path` that works even when `path` itself is a dead mount (only the parent is
 /// resolved).
@@ -178,7 +178,7 @@ fn unmount_one(mnt: &Path, timeout: Duration) -> Result<(), MountError> {
 }
 
 /// Sets the kernel readahead of the FUSE mount at `mountpoint` (its backing-device-info in sysfs).
-pub fn set_read_ahead(mountpoint: &Path, kb: u32) -> Result<(), MountError> {
+pub(crate) fn set_read_ahead(mountpoint: &Path, kb: u32) -> Result<(), MountError> {
     let meta =
         fs::metadata(mountpoint).map_err(io_ctx(format!("stat {}", mountpoint.display())))?;
     let dev = meta.dev();

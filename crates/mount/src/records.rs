@@ -47,7 +47,7 @@ pub fn read_record(mountpoint: &Path) -> Option<MountRecord> {
 }
 
 /// Removes records left by mount processes that no longer run (killed daemons) and whose mount is gone.
-pub fn prune_dead_records() {
+pub(crate) fn prune_dead_records() {
     let Ok(entries) = fs::read_dir(RUN_DIR) else {
         return;
     };
