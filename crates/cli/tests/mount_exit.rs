@@ -73,13 +73,26 @@ fn reader_holding(mnt: &Path, files: &[&str]) -> ChildGuard {
     child
 }
 
-/// Waits until the mount's host cache sealed at least `n` files.
-fn wait_sealed(m: &Mounted, n: f64) {
-    let start = Instant::now();
-    while m.metric("thinnode_mount_files_sealed_total") < n {
-        assert!(start.elapsed() < DEADLINE, "no file was sealed");
-        std::thread::sleep(Duration::from_millis(50));
+/// A mount of a fresh image of three files (`mount` options `extra`), with its FUSE connection; with
+/// `sealed`, c.bin is read whole first, so that its next open is served by passthrough.
+fn mount_three_files(extra: &[&str], sealed: bool) -> (tempfile::TempDir, Mounted, u32) {
+    let (tmp, img) = image_of_three_files();
+    let m = Mounted::start(
+        &img,
+        &tmp.path().join("mnt"),
+        &tmp.path().join("cache"),
+        extra,
+    );
+    let conn = fuse_connection(&m.mnt).expect("the mount's FUSE connection");
+    if sealed {
+        fs::read(m.mnt.join("c.bin")).expect("read c.bin whole");
+        let start = Instant::now();
+        while m.metric("thinnode_mount_files_sealed_total") < 1.0 {
+            assert!(start.elapsed() < DEADLINE, "c.bin was not sealed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
+    (tmp, m, conn)
 }
 
 /// Fails the test on a hung mount, after aborting its FUSE connection so that nothing the test started
@@ -118,11 +131,8 @@ fn a_killed_daemon_with_files_open_on_its_mount_is_reaped_and_the_mount_reports_
     if !fuse_available("a_killed_daemon_with_files_open_on_its_mount_is_reaped") {
         return;
     }
-    let (tmp, img) = image_of_three_files();
-    let mnt = tmp.path().join("mnt");
-    let m = Mounted::start(&img, &mnt, &tmp.path().join("cache"), &["--no-passthrough"]);
-    let conn = fuse_connection(&m.mnt).expect("the mount's FUSE connection");
-    let reader = reader_holding(&mnt, &["a.bin", "b.bin", "c.bin"]);
+    let (_tmp, m, conn) = mount_three_files(&["--no-passthrough"], false);
+    let reader = reader_holding(&m.mnt, &["a.bin", "b.bin", "c.bin"]);
     assert_eq!(m.metric("thinnode_mount_passthrough_opens_total"), 0.0);
     kill_daemon_under_open_files(m, reader, conn);
 }
@@ -132,14 +142,9 @@ fn a_killed_daemon_with_a_passthrough_file_open_is_reaped_and_the_mount_reports_
     if !fuse_available("a_killed_daemon_with_a_passthrough_file_open_is_reaped") {
         return;
     }
-    let (tmp, img) = image_of_three_files();
-    let mnt = tmp.path().join("mnt");
-    let m = Mounted::start(&img, &mnt, &tmp.path().join("cache"), &[]);
-    let conn = fuse_connection(&m.mnt).expect("the mount's FUSE connection");
-    fs::read(mnt.join("c.bin")).expect("read c.bin whole");
-    wait_sealed(&m, 1.0);
+    let (_tmp, m, conn) = mount_three_files(&[], true);
     // c.bin is served by passthrough from its sealed cache file, a.bin by the daemon.
-    let reader = reader_holding(&mnt, &["c.bin", "a.bin"]);
+    let reader = reader_holding(&m.mnt, &["c.bin", "a.bin"]);
     assert_eq!(m.metric("thinnode_mount_passthrough_opens_total"), 1.0);
     kill_daemon_under_open_files(m, reader, conn);
 }
@@ -151,12 +156,8 @@ fn a_daemon_asked_to_exit_with_files_open_detaches_its_mount_and_exits() {
     if !fuse_available("a_daemon_asked_to_exit_with_files_open_detaches_its_mount_and_exits") {
         return;
     }
-    let (tmp, img) = image_of_three_files();
-    let mnt = tmp.path().join("mnt");
-    let mut m = Mounted::start(&img, &mnt, &tmp.path().join("cache"), &[]);
-    let conn = fuse_connection(&m.mnt).expect("the mount's FUSE connection");
-    fs::read(mnt.join("c.bin")).expect("read c.bin whole");
-    wait_sealed(&m, 1.0);
+    let (_tmp, mut m, conn) = mount_three_files(&[], true);
+    let mnt = m.mnt.clone();
     let mut reader = reader_holding(&mnt, &["a.bin", "c.bin"]);
     let Some(status) = m.child.terminate(DEADLINE) else {
         hung(conn, "the daemon did not exit after SIGTERM");
