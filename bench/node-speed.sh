@@ -139,6 +139,13 @@ allocated() { du -s --block-size=1 "$1" | cut -f1; }
 mib() { awk -v b="$1" 'BEGIN {printf "%.0f", b / 1048576}'; }
 # CPU seconds a process has used (user + system)
 proc_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# busy and total jiffies of the whole machine so far, as "BUSY TOTAL"
+machine_cpu() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit}' /proc/stat; }
+# "daemon D CPU-s/GB, zdb Z CPU-s/GB, machine M of N cores busy" between two samples of each, for SIZE_MIB read
+seq_cpu() { # D0 D1 Z0 Z1 "BUSY0 TOTAL0" "BUSY1 TOTAL1"
+  awk -v d0="$1" -v d1="$2" -v z0="$3" -v z1="$4" -v m0="$5" -v m1="$6" -v gb="$(awk -v m="$SIZE_MIB" 'BEGIN {print m * 1048576 / 1e9}')" -v n="$(nproc)" \
+    'BEGIN {split(m0, a, " "); split(m1, b, " "); printf "daemon %.2f CPU-s/GB, zdb %.2f CPU-s/GB, machine %.1f of %d cores busy", (d1 - d0) / gb, (z1 - z0) / gb, n * (b[1] - a[1]) / (b[2] - a[2]), n}'
+}
 # bytes of the files under $1 held in the page cache
 resident() { find "$1" -type f -print0 | xargs -0 -r fincore --bytes --noheadings --output RES 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
 
@@ -447,9 +454,9 @@ for r in $(seq "$RUNS"); do
       raw=$(raw_rate)
       rm -rf "$WORK/cache-cold"
       mount_image "$WORK/data.img" "$NODE" "$WORK/cache-cold"
-      c0=$(proc_cpu "$DAEMON_PID")
+      c0=$(proc_cpu "$DAEMON_PID") z0=$(proc_cpu "$ZDB_PID") m0=$(machine_cpu)
       rate=$(seq_rate "$NODE")
-      c1=$(proc_cpu "$DAEMON_PID")
+      c1=$(proc_cpu "$DAEMON_PID") z1=$(proc_cpu "$ZDB_PID") m1=$(machine_cpu)
       tc qdisc del dev lo root
       LINKED=0
       read -r rss thr < <(daemon_peaks)
@@ -459,7 +466,7 @@ for r in $(seq "$RUNS"); do
       add link.raw "$raw"
       add rss.link "$rss"
       add thr.link "$thr"
-      log "  cold sequential through $LINK: mount $rate MB/s, raw fetch $raw MB/s; daemon $(awk -v a="$c0" -v b="$c1" -v m="$SIZE_MIB" 'BEGIN {printf "%.2f", (b - a) / (m * 1048576 / 1e9)}') CPU-s/GB, peak RSS $rss MiB, $thr threads"
+      log "  cold sequential through $LINK: mount $rate MB/s, raw fetch $raw MB/s; $(seq_cpu "$c0" "$c1" "$z0" "$z1" "$m0" "$m1"), peak RSS $rss MiB, $thr threads"
     else
       log "  a qdisc is already on lo (someone else's benchmark?): skipping the link-limited read"
     fi
@@ -469,9 +476,9 @@ for r in $(seq "$RUNS"); do
     rm -rf "$WORK/cache-cold"
     mount_image "$WORK/data.img" "$NODE" "$WORK/cache-cold"
     drop_caches
-    c0=$(proc_cpu "$DAEMON_PID")
+    c0=$(proc_cpu "$DAEMON_PID") z0=$(proc_cpu "$ZDB_PID") m0=$(machine_cpu)
     rate=$(seq_rate "$NODE")
-    c1=$(proc_cpu "$DAEMON_PID")
+    c1=$(proc_cpu "$DAEMON_PID") z1=$(proc_cpu "$ZDB_PID") m1=$(machine_cpu)
     read -r rss thr < <(daemon_peaks)
     umount_image "$NODE"
     rm -rf "$WORK/cache-cold"
@@ -480,7 +487,7 @@ for r in $(seq "$RUNS"); do
     add cold.local "$loc"
     add rss.cold "$rss"
     add thr.cold "$thr"
-    log "  cold sequential, unlimited, store files cold: mount $rate MB/s, local $loc MB/s; daemon $(awk -v a="$c0" -v b="$c1" -v m="$SIZE_MIB" 'BEGIN {printf "%.2f", (b - a) / (m * 1048576 / 1e9)}') CPU-s/GB, peak RSS $rss MiB, $thr threads"
+    log "  cold sequential, unlimited, store files cold: mount $rate MB/s, local $loc MB/s; $(seq_cpu "$c0" "$c1" "$z0" "$z1" "$m0" "$m1"), peak RSS $rss MiB, $thr threads"
   fi
   if part paritydb; then
     drop_caches
