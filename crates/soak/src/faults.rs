@@ -69,10 +69,13 @@ pub fn inject(
         }
     }
     timeline.sort();
-    for (at, phase, i) in timeline {
+    // Replaced servers whose repair could not finish because another server was down at the time:
+    // repaired again once every server serves (the replaced one counts as repaired only then).
+    let mut awaiting_repair: Vec<usize> = Vec::new();
+    'timeline: for (at, phase, i) in timeline {
         while soak.log.elapsed() < at {
             if stop.load(Ordering::Relaxed) || crate::ABORT.load(Ordering::Relaxed) {
-                return records;
+                break 'timeline;
             }
             std::thread::sleep((at - soak.log.elapsed()).min(Duration::from_millis(100)));
         }
@@ -83,26 +86,112 @@ pub fn inject(
                 soak.log.line(format!("FAULT {} (soak time)", record.fault));
                 start(soak, record)
             }
-            Phase::End => {
-                let r = end(soak, record);
-                record.ended = Some(soak.log.elapsed().as_secs_f64());
-                r
-            }
+            Phase::End => match end(soak, record) {
+                Ok(Ended::AwaitingRepair(note)) => {
+                    awaiting_repair.push(i);
+                    Ok(note)
+                }
+                result => {
+                    record.ended = Some(soak.log.elapsed().as_secs_f64());
+                    result.map(|(Ended::Done(note) | Ended::AwaitingRepair(note))| note)
+                }
+            },
         };
-        match result {
-            Ok(note) => {
-                soak.log.line(format!("fault #{}: {note}", record.fault.id));
-                record.notes.push(note);
-            }
-            Err(e) => {
-                let e = format!("{e:#}");
-                soak.log
-                    .line(format!("fault #{}: FAILED: {e}", record.fault.id));
-                record.errors.push(e);
-            }
+        note_result(soak, record, result);
+        if !awaiting_repair.is_empty() && every_server_serves(soak) {
+            retry_repairs(soak, &mut records, &mut awaiting_repair);
         }
     }
+    if !awaiting_repair.is_empty() && !crate::ABORT.load(Ordering::Relaxed) {
+        // The cool-down holds no fault: every server is back by now.
+        retry_repairs(soak, &mut records, &mut awaiting_repair);
+    }
     records
+}
+
+fn note_result(soak: &Soak, record: &mut FaultRecord, result: anyhow::Result<String>) {
+    match result {
+        Ok(note) => {
+            soak.log.line(format!("fault #{}: {note}", record.fault.id));
+            record.notes.push(note);
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            soak.log
+                .line(format!("fault #{}: FAILED: {e}", record.fault.id));
+            record.errors.push(e);
+        }
+    }
+}
+
+/// How undoing a fault went.
+enum Ended {
+    /// Undone.
+    Done(String),
+    /// The `store repair` after a `zdb-replace` could not reach a server that another fault holds
+    /// down: to be run again once every server serves.
+    AwaitingRepair(String),
+}
+
+fn every_server_serves(soak: &Soak) -> bool {
+    soak.servers.lock().iter_mut().all(|s| s.serving())
+}
+
+/// `store repair` after a replaced server came back empty. An incomplete repair is a failure, unless
+/// what it could not reach is a server another fault holds down right now (a second server down while
+/// a disk is replaced, within the store's tolerance): then it waits for that server to come back.
+fn repair_after_replace(soak: &Soak, record: &FaultRecord) -> anyhow::Result<Ended> {
+    let names = servers_named(&record.fault.servers);
+    let t = Instant::now();
+    let run = soak.repair_run()?;
+    if run.complete() {
+        return Ok(Ended::Done(format!(
+            "store repair after replacing {names}: {} in {} ms",
+            run.summary,
+            t.elapsed().as_millis()
+        )));
+    }
+    let down: Vec<String> = soak
+        .servers
+        .lock()
+        .iter_mut()
+        .filter_map(|s| (!s.serving()).then(|| format!("zdb{}", s.index)))
+        .collect();
+    if run.unrecoverable.is_empty() && !down.is_empty() {
+        return Ok(Ended::AwaitingRepair(format!(
+            "store repair after replacing {names} incomplete while {} {} down ({}); it runs again once every server serves",
+            down.join("+"),
+            if down.len() == 1 { "is" } else { "are" },
+            run.text()
+        )));
+    }
+    bail!("store repair after replacing {names} incomplete: {}", run.text())
+}
+
+/// Runs `store repair` again for the replaced servers in `waiting` (every server serves now): a
+/// complete repair ends those faults, an incomplete one fails them.
+fn retry_repairs(soak: &Soak, records: &mut [FaultRecord], waiting: &mut Vec<usize>) {
+    let t = Instant::now();
+    let result = soak.repair_run();
+    let now = soak.log.elapsed().as_secs_f64();
+    for i in waiting.drain(..) {
+        let record = &mut records[i];
+        let names = servers_named(&record.fault.servers);
+        record.ended = Some(now);
+        let result = match &result {
+            Ok(run) if run.complete() => Ok(format!(
+                "store repair after replacing {names}, run again once every server served: {} in {} ms",
+                run.summary,
+                t.elapsed().as_millis()
+            )),
+            Ok(run) => Err(anyhow::anyhow!(
+                "store repair after replacing {names}, run again once every server served, incomplete: {}",
+                run.text()
+            )),
+            Err(e) => Err(anyhow::anyhow!("store repair after replacing {names}: {e:#}")),
+        };
+        note_result(soak, record, result);
+    }
 }
 
 fn servers_named(servers: &[usize]) -> String {
@@ -180,47 +269,38 @@ fn start(soak: &Soak, record: &mut FaultRecord) -> anyhow::Result<String> {
     }
 }
 
-fn end(soak: &Soak, record: &mut FaultRecord) -> anyhow::Result<String> {
+fn end(soak: &Soak, record: &mut FaultRecord) -> anyhow::Result<Ended> {
     let f = &record.fault;
     let names = servers_named(&f.servers);
-    match f.kind {
+    let done = match f.kind {
         FaultKind::ZdbKill => {
             let t = Instant::now();
             let mut servers = soak.servers.lock();
             for &s in &f.servers {
                 servers[s].restart(&soak.owner)?;
             }
-            Ok(format!(
-                "{names} restarted in {} ms",
-                t.elapsed().as_millis()
-            ))
+            format!("{names} restarted in {} ms", t.elapsed().as_millis())
         }
         FaultKind::ZdbHang => {
             let mut servers = soak.servers.lock();
             for &s in &f.servers {
                 servers[s].resume();
             }
-            Ok(format!("{names} resumed (SIGCONT)"))
+            format!("{names} resumed (SIGCONT)")
         }
-        FaultKind::ZdbReplace => {
-            let t = Instant::now();
-            let summary = soak.repair()?;
-            Ok(format!(
-                "store repair after replacing {names}: {summary} in {} ms",
-                t.elapsed().as_millis()
-            ))
-        }
+        FaultKind::ZdbReplace => return repair_after_replace(soak, record),
         FaultKind::CacheFull => {
             soak.cachefs.free()?;
-            Ok(format!(
+            format!(
                 "host-cache filesystem freed ({} MiB free)",
                 soak.cachefs.free_bytes() >> 20
-            ))
+            )
         }
         FaultKind::SupervisorKill | FaultKind::MountKill | FaultKind::DropCaches => {
-            Ok("nothing to undo".into())
+            "nothing to undo".into()
         }
-    }
+    };
+    Ok(Ended::Done(done))
 }
 
 fn drop_caches(soak: &Soak) -> anyhow::Result<String> {

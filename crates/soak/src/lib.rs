@@ -216,15 +216,88 @@ impl Soak {
         thinnode(&self.config.thinnode, args)
     }
 
-    /// `store repair` of the base image; a summary line, or the failure.
+    /// `store repair` of the base image; a summary line, or the failure (an incomplete repair is one).
     pub fn repair(&self) -> anyhow::Result<String> {
+        let run = self.repair_run()?;
+        if !run.complete() {
+            bail!("store repair incomplete: {}", run.text());
+        }
+        Ok(run.summary)
+    }
+
+    /// One `store repair` of the base image, complete or not; an error only when it could not run or
+    /// gave no account of what it did.
+    pub fn repair_run(&self) -> anyhow::Result<RepairRun> {
         let image = self.image.to_str().context("image path is not UTF-8")?;
-        let out = self.thinnode(&["store", "repair", image, "--json"])?;
-        let v: serde_json::Value = serde_json::from_str(&out).context("store repair --json")?;
-        Ok(format!(
-            "{} chunks checked, {} degraded, {} rewritten",
-            v["chunks_checked"], v["chunks_degraded"], v["shards_rewritten"]
-        ))
+        let out = procs::output_within(
+            Command::new(&self.config.thinnode).args(["store", "repair", image, "--json"]),
+            Duration::from_secs(1800),
+        )?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "store repair --json ({}) printed no summary: {}",
+                out.status,
+                stderr.trim()
+            )
+        })?;
+        let strings = |key: &str| -> Vec<String> {
+            v[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let run = RepairRun {
+            summary: format!(
+                "{} chunks checked, {} degraded, {} rewritten",
+                v["chunks_checked"], v["chunks_degraded"], v["shards_rewritten"]
+            ),
+            failures: strings("failures"),
+            unrecoverable: strings("unrecoverable"),
+        };
+        if run.complete() != out.status.success() {
+            bail!(
+                "store repair exited with {} but its summary says {}: {}",
+                out.status,
+                run.text(),
+                stderr.trim()
+            );
+        }
+        Ok(run)
+    }
+}
+
+/// What one `store repair` did.
+#[derive(Debug, Clone)]
+pub struct RepairRun {
+    /// Chunks checked, degraded and rewritten.
+    pub summary: String,
+    /// Members that could not be read or written (`URL: error`).
+    pub failures: Vec<String>,
+    /// Chunks that could not be rebuilt (hex ids).
+    pub unrecoverable: Vec<String>,
+}
+
+impl RepairRun {
+    /// Every chunk checked and rebuilt where needed, on every member.
+    pub fn complete(&self) -> bool {
+        self.failures.is_empty() && self.unrecoverable.is_empty()
+    }
+
+    /// The summary with what was left undone.
+    pub fn text(&self) -> String {
+        let mut s = self.summary.clone();
+        if !self.unrecoverable.is_empty() {
+            s.push_str(&format!("; {} unrecoverable", self.unrecoverable.len()));
+        }
+        for f in &self.failures {
+            s.push_str(&format!("; member failed: {f}"));
+        }
+        s
     }
 }
 
