@@ -165,7 +165,10 @@ fn repair_after_replace(soak: &Soak, record: &FaultRecord) -> anyhow::Result<End
             run.text()
         )));
     }
-    bail!("store repair after replacing {names} incomplete: {}", run.text())
+    bail!(
+        "store repair after replacing {names} incomplete: {}",
+        run.text()
+    )
 }
 
 /// Runs `store repair` again for the replaced servers in `waiting` (every server serves now): a
